@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks [name ...]` (`make bench`) runs them, writes RESULTS.md."""

@@ -1,0 +1,3 @@
+from fraudops.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Drift monitoring, label feedback and alerts (see README: status)."""

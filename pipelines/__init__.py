@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines definitions of the training pipeline (see README: status)."""

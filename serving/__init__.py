@@ -1,0 +1,1 @@
+"""KServe model server for real-time fraud scoring (see README: status)."""
