@@ -1,0 +1,62 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from components.inference_log import (
+    RESPONSE_TYPE,
+    make_record,
+    read_records,
+    write_batch,
+)
+from components.store import LocalStore, open_store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    return open_store(
+        f"s3://log-{abs(hash(str(tmp_path))) % 10**8}", env=request.getfixturevalue("s3_env")
+    )
+
+
+def _record(i: int, when: datetime, version: str = "v1") -> dict:
+    return make_record(
+        model="fraud",
+        version=version,
+        transaction={"transaction_id": f"t{i}", "amount": 10.0 + i},
+        score=i / 100,
+        decision="alert" if i > 50 else "pass",
+        reasons=["amount=60 (+1.2)"],
+        latency_ms=1.5,
+        time=when,
+    )
+
+
+def test_records_are_cloudevents_shaped():
+    record = _record(1, datetime(2026, 5, 1, tzinfo=UTC))
+    assert record["specversion"] == "1.0" and record["type"] == RESPONSE_TYPE
+    assert {"id", "source", "time", "model", "version", "score", "decision", "latency_ms"} <= set(
+        record
+    )
+
+
+def test_batches_are_partitioned_by_version_and_date_and_read_back_in_time_order(store):
+    day1 = datetime(2026, 5, 1, 23, 59, tzinfo=UTC)
+    records = [_record(i, day1 + timedelta(minutes=i)) for i in range(3)]
+    records += [_record(9, day1, version="v2")]
+    keys = write_batch(store, records)
+    assert sorted(k.split("/")[2] + "/" + k.split("/")[3] for k in keys) == [
+        "v1/date=2026-05-01",
+        "v1/date=2026-05-02",
+        "v2/date=2026-05-01",
+    ]
+    everything = read_records(store, "fraud")
+    assert [r["transaction"]["transaction_id"] for r in everything] == ["t0", "t9", "t1", "t2"]
+    v1 = read_records(store, "fraud", "v1")
+    assert len(v1) == 3
+    window = read_records(
+        store, "fraud", "v1", start=day1 + timedelta(minutes=1), end=day1 + timedelta(minutes=2)
+    )
+    assert [r["transaction"]["transaction_id"] for r in window] == ["t1"]
+    assert read_records(store, "other") == []
