@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["default_home", "write_table"]
+__all__ = ["default_home", "frame_sha256", "write_table"]
 
 
 def default_home() -> Path:
@@ -33,3 +36,13 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def frame_sha256(frame: pd.DataFrame) -> str:
+    """Content hash of a data frame (independent of the file format it came from)."""
+    import pandas as pd
+
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    digest = hashlib.sha256(rows.tobytes())
+    digest.update(",".join(map(str, frame.columns)).encode())
+    return digest.hexdigest()

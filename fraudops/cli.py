@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from components.frames import default_home
-from fraudops import __version__, cli_data
-from fraudops.demo import SCALES, run_demo
+from fraudops import __version__, cli_data, cli_model, cli_pipeline, cli_train
+from fraudops.demo import SCALES
 from fraudops.errors import friendly_errors
 
 app = typer.Typer(
@@ -23,6 +22,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cli_data.app, name="data")
+app.command("train")(cli_train.train)
+app.command("score")(cli_train.score)
+app.add_typer(cli_pipeline.app, name="pipeline")
+app.add_typer(cli_model.app, name="model")
 console = Console()
 
 
@@ -59,6 +62,9 @@ def demo(
 
     Currently: generate a portfolio's history and a drifted later period, and validate both.
     """
+    from components.frames import default_home
+    from fraudops.demo import run_demo
+
     if scale not in SCALES:
         raise typer.BadParameter(f"choose one of {', '.join(SCALES)}", param_hint="--scale")
     home = home or default_home()

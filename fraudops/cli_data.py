@@ -10,11 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from components.frames import default_home, write_table
-from components.generator import GeneratorConfig, generate_transactions
-from components.loaders import load_transactions
-from components.mapping import load_mapping, parse_map_options
-from components.validation import ValidationConfig, check_rejected_share, validate_transactions
 from fraudops.errors import friendly_errors
 
 app = typer.Typer(
@@ -80,6 +75,9 @@ def generate(
     takeover (night-time mobile transfers), card-testing bursts; with --drift also
     mobile_wallet_fraud. Labels carry the time they became known (label_known_at).
     """
+    from components.frames import write_table
+    from components.generator import GeneratorConfig, generate_transactions
+
     if transactions is not None:
         config = GeneratorConfig.for_transactions(
             transactions,
@@ -139,6 +137,15 @@ def validate(
     reason; report.json counts rows_in = accepted + quarantined. Exits 2 when the quarantined
     share exceeds --max-rejected-share or the file is not what it claims to be.
     """
+    from components.frames import default_home, write_table
+    from components.loaders import load_transactions
+    from components.mapping import load_mapping, parse_map_options
+    from components.validation import (
+        ValidationConfig,
+        check_rejected_share,
+        validate_transactions,
+    )
+
     column_mapping = load_mapping(mapping).merged(parse_map_options(map_))
     with console.status(f"reading {path}"):
         loaded = load_transactions(path, column_mapping, file_format, require_label=require_label)

@@ -3,29 +3,38 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
-from components.loaders import DataFormatError, MissingColumnError
-from components.mapping import MappingError
-from components.store import StoreError
-from components.validation import RejectedShareError
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
-USER_ERRORS: tuple[type[Exception], ...] = (
-    DataFormatError,
-    MissingColumnError,
-    MappingError,
-    RejectedShareError,
-    StoreError,
-    FileNotFoundError,
+# (module, class) of errors whose message tells the user what to fix. Looked up lazily, so
+# that `fraudops --help` does not import the heavy libraries behind them.
+_USER_ERRORS = (
+    ("components.loaders", "DataFormatError"),
+    ("components.loaders", "MissingColumnError"),
+    ("components.mapping", "MappingError"),
+    ("components.validation", "RejectedShareError"),
+    ("components.store.base", "StoreError"),
+    ("pipelines.local", "PipelineFailedError"),
 )
 err_console = Console(stderr=True)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is one the user can fix from its message."""
+    if isinstance(error, FileNotFoundError):
+        return True
+    for module, name in _USER_ERRORS:
+        loaded = sys.modules.get(module)  # not imported means it cannot have been raised
+        if loaded is not None and isinstance(error, getattr(loaded, name)):
+            return True
+    return False
 
 
 def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -35,8 +44,12 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except USER_ERRORS as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            err_console.print(
+                f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=False
+            )
             raise typer.Exit(2) from e
 
     return wrapper

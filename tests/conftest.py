@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,3 +45,26 @@ def _creditcard_csv(path, n=200, seed=0) -> pd.DataFrame:
 def creditcard_csv():
     """A writer of credit-card-layout CSV files: ``creditcard_csv(path, n=200)``."""
     return _creditcard_csv
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real S3-protocol server (moto's server mode) on 127.0.0.1, shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_env(moto_endpoint: str) -> dict[str, str]:
+    """KServe-style S3 variables pointing at the loopback moto server."""
+    return {
+        "S3_ENDPOINT": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_REGION": "us-east-1",
+    }

@@ -53,27 +53,6 @@ def sha(data: bytes) -> str:
 # -- servers and stores ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 (a free port), shared by the module."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-def _moto_env(endpoint: str) -> dict[str, str]:
-    return {
-        "S3_ENDPOINT": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing-secret",
-        "AWS_REGION": "us-east-1",
-    }
-
-
 def _minio_env() -> dict[str, str]:
     endpoint = os.environ.get("MINIO_ENDPOINT", "")
     if not endpoint:
@@ -104,7 +83,7 @@ def _empty_bucket(store: S3Store) -> None:
 
 
 def _open_s3(kind: str, request: pytest.FixtureRequest) -> S3Store:
-    env = _minio_env() if kind == "minio" else _moto_env(request.getfixturevalue("moto_endpoint"))
+    env = _minio_env() if kind == "minio" else request.getfixturevalue("s3_env")
     bucket = f"fraudops-test-{uuid.uuid4().hex[:12]}"
     store = open_store(f"s3://{bucket}/root/pfx", env=env, retry=FAST_RETRY)
     assert isinstance(store, S3Store)
