@@ -2,23 +2,27 @@
 
 Records carry the CloudEvents attributes KServe's logger sends (``id``, ``specversion``, ``type``,
 ``source``, ``time``) plus the model name and version, the transaction's fields, the score, the
-decision, the reason codes and the latency. They are stored as newline-delimited JSON batches,
-partitioned by date and model version::
+decision, the reason codes, the latency and, when the writer has them, the engineered features.
+They are stored as Parquet batches, partitioned by model version and date::
 
-    inference-log/<model>/<version>/date=YYYY-MM-DD/<HHMMSSffffff>-<batch id>.jsonl
+    inference-log/<model>/<version>/date=YYYY-MM-DD/<HHMMSSffffff>-<batch id>.parquet
 
-Each batch is one immutable object written atomically, so a reader never sees half a batch. The
-drift job, the canary analysis and label feedback all read this one format with
-:func:`read_records`.
+with one flat column per attribute, ``tx.<field>`` per transaction field and ``feature.<name>``
+per feature (Parquet, not JSON lines: a million records read in well under a second). Each
+batch is one immutable object written atomically, so a reader never sees half a batch. The
+drift job, the canary analysis and label feedback all read this one format, as records
+(:func:`read_records`) or as one flat frame (:func:`read_frame`).
 """
 
 from __future__ import annotations
 
-import json
+import io
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+
+import pandas as pd
 
 from components.store import ObjectStore
 
@@ -28,9 +32,12 @@ __all__ = [
     "RESPONSE_TYPE",
     "batch_key",
     "make_record",
+    "read_frame",
     "read_records",
     "write_batch",
 ]
+TX = "tx."
+FEATURE = "feature."
 
 PREFIX = "inference-log"
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -93,25 +100,97 @@ def batch_key(model: str, version: str, when: datetime | None = None) -> str:
     when = when or datetime.now(UTC)
     return (
         f"{PREFIX}/{model}/{version}/date={when:%Y-%m-%d}/"
-        f"{when:%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
+        f"{when:%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
     )
 
 
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in record.items() if k not in ("transaction", "features")}
+    flat.update({TX + k: v for k, v in record["transaction"].items()})
+    flat.update({FEATURE + k: v for k, v in (record.get("features") or {}).items()})
+    return flat
+
+
+def _unflatten(row: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"transaction": {}}
+    for key, value in row.items():
+        if key.startswith(TX):
+            if value is not None and not (isinstance(value, float) and pd.isna(value)):
+                record["transaction"][key[len(TX) :]] = value
+        elif key.startswith(FEATURE):
+            record.setdefault("features", {})[key[len(FEATURE) :]] = value
+        else:
+            record[key] = list(value) if key == "reasons" and value is not None else value
+    return record
+
+
 def write_batch(store: ObjectStore, records: Iterable[dict[str, Any]]) -> list[str]:
-    """Write records as one batch object per (model, version, date); return the keys."""
+    """Write records as one Parquet batch per (model, version, date); return the keys."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in records:
         day = record["time"][:10]
         groups.setdefault((record["model"], record["version"], day), []).append(record)
     keys = []
-    for (model, version, day), group in groups.items():
+    for (model, version, _day), group in groups.items():
         when = datetime.fromisoformat(group[0]["time"])
         key = batch_key(model, version, when)
-        assert f"date={day}" in key
-        body = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in group)
-        store.put_bytes(key, body.encode(), content_type="application/x-ndjson")
+        buffer = io.BytesIO()
+        pd.DataFrame([_flatten(r) for r in group]).to_parquet(buffer, index=False)
+        store.put_bytes(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
         keys.append(key)
     return keys
+
+
+def _batch_keys(
+    store: ObjectStore,
+    model: str,
+    version: str | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[str]:
+    prefix = f"{PREFIX}/{model}/" + (f"{version}/" if version else "")
+    keys = []
+    for key in store.list(prefix):
+        if not key.endswith(".parquet"):
+            continue
+        day = key.split("date=")[-1][:10]
+        if start and day < start.strftime("%Y-%m-%d"):
+            continue
+        if end and day > end.strftime("%Y-%m-%d"):
+            continue
+        keys.append(key)
+    return keys
+
+
+def read_frame(
+    store: ObjectStore,
+    model: str,
+    version: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
+    """Records of ``model`` (one version or all) with ``start <= time < end`` as one flat frame.
+
+    Columns are the record attributes, ``tx.<field>`` and ``feature.<name>``; ``time`` is a
+    UTC timestamp. ``columns`` limits what is read (``time`` is always read).
+    """
+    wanted = None if columns is None else sorted({"time", *columns})
+    parts = []
+    for key in _batch_keys(store, model, version, start, end):
+        frame = pd.read_parquet(io.BytesIO(store.get_bytes(key)))
+        if wanted is not None:
+            frame = frame[[c for c in wanted if c in frame.columns]]
+        parts.append(frame)
+    if not parts:
+        return pd.DataFrame(columns=wanted or ["time"])
+    frame = pd.concat(parts, ignore_index=True)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    if start is not None:
+        frame = frame[frame["time"] >= pd.Timestamp(start)]
+    if end is not None:
+        frame = frame[frame["time"] < pd.Timestamp(end)]
+    return frame.sort_values("time", kind="stable").reset_index(drop=True)
 
 
 def read_records(
@@ -122,22 +201,7 @@ def read_records(
     end: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Records of ``model`` (one version or all) with ``start <= time < end``, oldest first."""
-    prefix = f"{PREFIX}/{model}/" + (f"{version}/" if version else "")
-    records: list[dict[str, Any]] = []
-    for key in store.list(prefix):
-        if not key.endswith(".jsonl"):
-            continue
-        day = key.split("date=")[-1][:10]
-        if start and day < start.strftime("%Y-%m-%d"):
-            continue
-        if end and day > end.strftime("%Y-%m-%d"):
-            continue
-        for line in store.get_bytes(key).decode().splitlines():
-            if not line:
-                continue
-            record = json.loads(line)
-            when = datetime.fromisoformat(record["time"])
-            if (start is None or when >= start) and (end is None or when < end):
-                records.append(record)
-    records.sort(key=lambda r: r["time"])
-    return records
+    frame = read_frame(store, model, version, start, end)
+    frame["time"] = frame["time"].map(lambda t: t.isoformat())
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [_unflatten(row) for row in rows]

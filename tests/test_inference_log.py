@@ -46,6 +46,7 @@ def test_batches_are_partitioned_by_version_and_date_and_read_back_in_time_order
     records = [_record(i, day1 + timedelta(minutes=i)) for i in range(3)]
     records += [_record(9, day1, version="v2")]
     keys = write_batch(store, records)
+    assert all(k.endswith(".parquet") for k in keys)
     assert sorted(k.split("/")[2] + "/" + k.split("/")[3] for k in keys) == [
         "v1/date=2026-05-01",
         "v1/date=2026-05-02",
@@ -60,3 +61,25 @@ def test_batches_are_partitioned_by_version_and_date_and_read_back_in_time_order
     )
     assert [r["transaction"]["transaction_id"] for r in window] == ["t1"]
     assert read_records(store, "other") == []
+
+
+def test_records_round_trip_exactly_and_read_frame_is_flat(store):
+    from components.inference_log import read_frame
+
+    when = datetime(2026, 5, 3, 12, tzinfo=UTC)
+    record = make_record(
+        model="fraud",
+        version="v3",
+        transaction={"transaction_id": "x", "amount": 12.5, "channel": "pos"},
+        score=0.75,
+        decision="alert",
+        reasons=["a=1 (+0.50)", "b=2 (+0.25)"],
+        latency_ms=0.8,
+        time=when,
+        features={"amount": 12.5, "hour": 12.0},
+    )
+    write_batch(store, [record])
+    assert read_records(store, "fraud", "v3") == [record]
+    frame = read_frame(store, "fraud", "v3", columns=["score", "tx.amount", "feature.hour"])
+    assert list(frame.columns) == ["feature.hour", "score", "time", "tx.amount"]
+    assert frame.loc[0, "tx.amount"] == 12.5 and frame.loc[0, "time"] == when
