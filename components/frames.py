@@ -10,12 +10,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["default_home", "frame_sha256", "write_table"]
+__all__ = ["default_home", "default_store_uri", "frame_sha256", "write_table"]
 
 
 def default_home() -> Path:
     """The embedded-default working folder: ``$FRAUDOPS_HOME`` or ``./.fraudops``."""
     return Path(os.environ.get("FRAUDOPS_HOME", ".fraudops"))
+
+
+def default_store_uri(option: str | None = None) -> str:
+    """The store URI: ``option``, else ``$FRAUDOPS_STORE``, else ``$FRAUDOPS_HOME/store``."""
+    return option or os.environ.get("FRAUDOPS_STORE") or str(default_home() / "store")
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -135,7 +135,9 @@ def write_batch(store: ObjectStore, records: Iterable[dict[str, Any]]) -> list[s
         when = datetime.fromisoformat(group[0]["time"])
         key = batch_key(model, version, when)
         buffer = io.BytesIO()
-        pd.DataFrame([_flatten(r) for r in group]).to_parquet(buffer, index=False)
+        frame = pd.DataFrame([_flatten(r) for r in group])
+        frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+        frame.to_parquet(buffer, index=False)
         store.put_bytes(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
         keys.append(key)
     return keys
@@ -175,17 +177,21 @@ def read_frame(
     Columns are the record attributes, ``tx.<field>`` and ``feature.<name>``; ``time`` is a
     UTC timestamp. ``columns`` limits what is read (``time`` is always read).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     wanted = None if columns is None else sorted({"time", *columns})
-    parts = []
+    tables = []
     for key in _batch_keys(store, model, version, start, end):
-        frame = pd.read_parquet(io.BytesIO(store.get_bytes(key)))
+        table = pq.read_table(io.BytesIO(store.get_bytes(key)))
         if wanted is not None:
-            frame = frame[[c for c in wanted if c in frame.columns]]
-        parts.append(frame)
-    if not parts:
+            table = table.select([c for c in wanted if c in table.column_names])
+        tables.append(table)
+    if not tables:
         return pd.DataFrame(columns=wanted or ["time"])
-    frame = pd.concat(parts, ignore_index=True)
-    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    if not pd.api.types.is_datetime64_any_dtype(frame["time"]):  # batches written as text
+        frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     if start is not None:
         frame = frame[frame["time"] >= pd.Timestamp(start)]
     if end is not None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from fraudops import __version__, cli_data, cli_model, cli_pipeline, cli_train
 from fraudops.demo import SCALES
 from fraudops.errors import friendly_errors
+from monitoring import alerts_job, drift_job, labels_job
 
 app = typer.Typer(
     name="fraudops",
@@ -26,6 +27,9 @@ app.command("train")(cli_train.train)
 app.command("score")(cli_train.score)
 app.add_typer(cli_pipeline.app, name="pipeline")
 app.add_typer(cli_model.app, name="model")
+app.add_typer(drift_job.app, name="drift")
+app.add_typer(labels_job.app, name="labels")
+app.add_typer(alerts_job.app, name="alerts")
 console = Console()
 
 

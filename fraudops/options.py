@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 
-from components.frames import default_home
+from components.frames import default_store_uri
 
 StoreOpt = Annotated[
     str | None,
@@ -24,4 +23,4 @@ DEFAULT_MODEL_NAME = "fraud-detector"
 
 def store_uri(option: str | None) -> str:
     """The store URI from the option, ``$FRAUDOPS_STORE``, or the embedded default."""
-    return option or os.environ.get("FRAUDOPS_STORE") or str(default_home() / "store")
+    return default_store_uri(option)

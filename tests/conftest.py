@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,3 +69,124 @@ def s3_env(moto_endpoint: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "testing-secret",
         "AWS_REGION": "us-east-1",
     }
+
+
+def run_training_steps(folder: Path, data: Path, store: str, seed: int = 42) -> dict:
+    """Run every pipeline step in-process (no kfp) and register into ``store``."""
+    from components.steps.evaluate import evaluate_step
+    from components.steps.features import features_step
+    from components.steps.gate import gate_step
+    from components.steps.register import register_step
+    from components.steps.split import split_step
+    from components.steps.train import train_step
+    from components.steps.validate import validate_step
+
+    p = {
+        name: str(folder / name)
+        for name in (
+            "accepted.parquet",
+            "report.json",
+            "q.csv",
+            "features.parquet",
+            "spec.json",
+            "train.parquet",
+            "valid.parquet",
+            "test.parquet",
+            "windows.json",
+            "model",
+            "info.json",
+            "metrics.json",
+            "threshold.json",
+            "plots",
+            "scores.parquet",
+            "gate.json",
+        )
+    }
+    validate_step(str(data), "", 0.05, p["accepted.parquet"], p["report.json"], p["q.csv"])
+    features_step(p["accepted.parquet"], 7.0, [], p["features.parquet"], p["spec.json"])
+    split_step(
+        p["features.parquet"],
+        {"test_days": 7, "valid_days": 7, "gap_days": 7, "burn_in_days": 7},
+        p["train.parquet"],
+        p["valid.parquet"],
+        p["test.parquet"],
+        p["windows.json"],
+    )
+    train_step(
+        p["train.parquet"],
+        p["valid.parquet"],
+        p["spec.json"],
+        {"seed": seed},
+        p["model"],
+        p["info.json"],
+    )
+    evaluate_step(
+        p["model"],
+        p["valid.parquet"],
+        p["test.parquet"],
+        p["spec.json"],
+        "alert_budget:20",
+        50,
+        p["metrics.json"],
+        p["threshold.json"],
+        p["plots"],
+        p["scores.parquet"],
+    )
+    gate_step(
+        p["metrics.json"],
+        p["accepted.parquet"],
+        p["windows.json"],
+        store,
+        "fraud",
+        0.005,
+        p["gate.json"],
+    )
+    result = register_step(
+        p["model"],
+        p["spec.json"],
+        p["metrics.json"],
+        p["threshold.json"],
+        p["plots"],
+        p["accepted.parquet"],
+        p["features.parquet"],
+        p["windows.json"],
+        p["gate.json"],
+        p["info.json"],
+        p["report.json"],
+        store,
+        "fraud",
+    )
+    return {**p, **result}
+
+
+@pytest.fixture(scope="session")
+def training_steps():
+    """``training_steps(folder, data_file, store_uri, seed=42)``: train and register in-process."""
+    return run_training_steps
+
+
+@pytest.fixture
+def webhook_receiver(monkeypatch):
+    """A loopback HTTP server collecting JSON POSTs; FRAUDOPS_ALERT_WEBHOOK_URL points at it."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("FRAUDOPS_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    yield received
+    server.shutdown()

@@ -124,99 +124,14 @@ def test_pipeline_under_kfp_local_registers_in_s3_and_refuses_a_worse_challenger
     assert [e["outcome"]["version"] for e in read_audit(store, "register")] == ["v1"]
 
 
-def _steps(folder: Path, data: Path, store: str, seed: int = 42) -> dict:
-    from components.steps.evaluate import evaluate_step
-    from components.steps.features import features_step
-    from components.steps.gate import gate_step
-    from components.steps.register import register_step
-    from components.steps.split import split_step
-    from components.steps.train import train_step
-    from components.steps.validate import validate_step
-
-    p = {
-        name: str(folder / name)
-        for name in (
-            "accepted.parquet",
-            "report.json",
-            "q.csv",
-            "features.parquet",
-            "spec.json",
-            "train.parquet",
-            "valid.parquet",
-            "test.parquet",
-            "windows.json",
-            "model",
-            "info.json",
-            "metrics.json",
-            "threshold.json",
-            "plots",
-            "scores.parquet",
-            "gate.json",
-        )
-    }
-    validate_step(str(data), "", 0.05, p["accepted.parquet"], p["report.json"], p["q.csv"])
-    features_step(p["accepted.parquet"], 7.0, [], p["features.parquet"], p["spec.json"])
-    split_step(
-        p["features.parquet"],
-        {"test_days": 7, "valid_days": 7, "gap_days": 7, "burn_in_days": 7},
-        p["train.parquet"],
-        p["valid.parquet"],
-        p["test.parquet"],
-        p["windows.json"],
-    )
-    train_step(
-        p["train.parquet"],
-        p["valid.parquet"],
-        p["spec.json"],
-        {"seed": seed},
-        p["model"],
-        p["info.json"],
-    )
-    evaluate_step(
-        p["model"],
-        p["valid.parquet"],
-        p["test.parquet"],
-        p["spec.json"],
-        "alert_budget:20",
-        50,
-        p["metrics.json"],
-        p["threshold.json"],
-        p["plots"],
-        p["scores.parquet"],
-    )
-    gate_step(
-        p["metrics.json"],
-        p["accepted.parquet"],
-        p["windows.json"],
-        store,
-        "fraud",
-        0.005,
-        p["gate.json"],
-    )
-    result = register_step(
-        p["model"],
-        p["spec.json"],
-        p["metrics.json"],
-        p["threshold.json"],
-        p["plots"],
-        p["accepted.parquet"],
-        p["features.parquet"],
-        p["windows.json"],
-        p["gate.json"],
-        p["info.json"],
-        p["report.json"],
-        store,
-        "fraud",
-    )
-    return {**p, **result}
-
-
-def test_same_data_and_seed_same_metrics_and_scores_match_the_evaluation(training_file, tmp_path):
+def test_same_data_and_seed_same_metrics_and_scores_match_the_evaluation(
+    training_file, tmp_path, training_steps
+):
     store = str(tmp_path / "store")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a = _steps(tmp_path / "a", training_file, store)
-    b = _steps(tmp_path / "b", training_file, store)
+    a = training_steps(tmp_path / "a", training_file, store)
+    b = training_steps(tmp_path / "b", training_file, store)
     assert json.loads(Path(a["metrics.json"]).read_text()) == json.loads(
         Path(b["metrics.json"]).read_text()
     )

@@ -93,7 +93,15 @@ def compute_features(
         A float32 frame with ``spec.feature_names()`` as columns, on ``frame``'s index.
     """
     features = stateless_features(frame, spec)
-    past = frame if history is None else pd.concat([history, frame], ignore_index=True)
+    if history is None:
+        past = frame
+    else:  # the windows only need these columns: do not copy the rest
+        needed = [
+            c for c in ("timestamp", "customer_id", "terminal_id", "amount", LABEL) if c in history
+        ]
+        past = pd.concat(
+            [history[needed], frame[[c for c in needed if c in frame]]], ignore_index=True
+        )
     epoch = min(past["timestamp"].min(), frame["timestamp"].min()) if len(past) else None
     if epoch is None or pd.isna(epoch):
         windowed = _empty_windowed(len(frame), spec)
@@ -101,7 +109,8 @@ def compute_features(
         windowed = _windowed(frame, past, spec, epoch)
     features.update(windowed)
     names = spec.feature_names()
-    matrix = np.empty((len(frame), len(names)), dtype=np.float32)
+    # column-major: each feature is written contiguously (and pandas keeps blocks that way)
+    matrix = np.empty((len(frame), len(names)), dtype=np.float32, order="F")
     for i, name in enumerate(names):
         matrix[:, i] = features[name]
     return pd.DataFrame(matrix, columns=names, index=frame.index)

@@ -1,0 +1,221 @@
+"""Late labels: join confirmed fraud and chargebacks to logged predictions; realised performance.
+
+Labels arrive days or weeks after scoring. Each ingested file is kept (``labels/<model>/...``),
+joined by ``transaction_id`` to the inference log, and turned into a per-day table of realised
+precision, recall and average precision. A day below the configured floor is a performance
+event: it is recorded, alerted on, and counts as a reason to retrain.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score
+
+from components.inference_log import read_frame
+from components.store import ObjectStore
+
+__all__ = ["LabelIngest", "PerformanceFloor", "daily_performance", "ingest_labels", "load_labels"]
+
+LABEL_PREFIX = "labels"
+
+
+class LabelFileError(ValueError):
+    """The label file lacks a required column or has unusable values."""
+
+
+@dataclass(frozen=True)
+class PerformanceFloor:
+    """The least realised performance a day may show before it is an event.
+
+    Attributes:
+        min_precision: Precision of the alerts (share of alerts that were fraud).
+        min_recall: Share of the fraud that was alerted on.
+        min_average_precision: Ranking quality.
+        min_frauds: Days with fewer labelled frauds are shown but not judged.
+    """
+
+    min_precision: float = 0.0
+    min_recall: float = 0.5
+    min_average_precision: float = 0.3
+    min_frauds: int = 5
+
+
+@dataclass
+class LabelIngest:
+    """Outcome of one ingestion."""
+
+    labels_in: int
+    matched: int
+    unmatched: int
+    duplicates: int
+    daily: pd.DataFrame
+    breaches: list[dict[str, Any]] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+def normalise_labels(frame: pd.DataFrame, source: str = "labels") -> tuple[pd.DataFrame, int]:
+    """Check and clean a label file: ``transaction_id`` and ``is_fraud`` (or ``chargeback``).
+
+    Returns:
+        The labels (one row per transaction, the latest wins) and how many duplicates were
+        collapsed.
+
+    Raises:
+        LabelFileError: a required column is missing or a label is not 0/1.
+    """
+    if "transaction_id" not in frame:
+        raise LabelFileError(
+            f"{source}: no transaction_id column; columns are {list(frame.columns)}"
+        )
+    label_column = next((c for c in ("is_fraud", "chargeback", "label") if c in frame), None)
+    if label_column is None:
+        raise LabelFileError(
+            f"{source}: no label column; name it is_fraud (1 fraud, 0 genuine) or chargeback"
+        )
+    labels = pd.to_numeric(frame[label_column], errors="coerce")
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        rows = (np.flatnonzero(bad.to_numpy()) + 1)[:5].tolist()
+        raise LabelFileError(
+            f"{source}: {int(bad.sum())} label(s) in {label_column!r} are not 0 or 1 "
+            f"(data rows {rows}); fix them or drop those rows"
+        )
+    out = pd.DataFrame(
+        {
+            "transaction_id": frame["transaction_id"].astype(str),
+            "is_fraud": labels.astype(np.int8),
+            "label_time": pd.to_datetime(frame["label_time"], utc=True, errors="coerce")
+            if "label_time" in frame
+            else pd.Timestamp.now(tz="UTC"),
+        }
+    )
+    deduplicated = out.drop_duplicates("transaction_id", keep="last")
+    return deduplicated.reset_index(drop=True), len(out) - len(deduplicated)
+
+
+def load_labels(store: ObjectStore, model: str) -> pd.DataFrame:
+    """Every label ingested so far for ``model`` (latest per transaction)."""
+    parts = [
+        pd.read_parquet(io.BytesIO(store.get_bytes(key)))
+        for key in store.list(f"{LABEL_PREFIX}/{model}/")
+        if key.endswith(".parquet")
+    ]
+    if not parts:
+        return pd.DataFrame(columns=["transaction_id", "is_fraud", "label_time"])
+    return pd.concat(parts, ignore_index=True).drop_duplicates("transaction_id", keep="last")
+
+
+def daily_performance(
+    predictions: pd.DataFrame, labels: pd.DataFrame, assume_genuine: bool = True
+) -> pd.DataFrame:
+    """Realised precision, recall and average precision per scoring day.
+
+    Args:
+        predictions: Inference-log frame (``time``, ``tx.transaction_id``, ``score``,
+            ``decision``, ``version``).
+        labels: ``transaction_id``, ``is_fraud``.
+        assume_genuine: Treat predictions without a label as genuine (a chargeback feed lists
+            only fraud); otherwise leave them out.
+    """
+    joined = predictions.merge(
+        labels[["transaction_id", "is_fraud"]],
+        left_on="tx.transaction_id",
+        right_on="transaction_id",
+        how="left",
+    )
+    if assume_genuine:
+        joined["is_fraud"] = joined["is_fraud"].fillna(0)
+    joined = joined[joined["is_fraud"].notna()]
+    joined["day"] = joined["time"].dt.strftime("%Y-%m-%d")
+    rows = []
+    for (day, version), group in joined.groupby(["day", "version"], sort=True):
+        y = group["is_fraud"].to_numpy(dtype=int)
+        alert = (group["decision"] == "alert").to_numpy()
+        tp = int((alert & (y == 1)).sum())
+        rows.append(
+            {
+                "day": day,
+                "version": version,
+                "transactions": len(group),
+                "frauds": int(y.sum()),
+                "alerts": int(alert.sum()),
+                "precision": tp / alert.sum() if alert.sum() else np.nan,
+                "recall": tp / y.sum() if y.sum() else np.nan,
+                "average_precision": float(average_precision_score(y, group["score"]))
+                if 0 < y.sum() < len(y)
+                else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def breaches(daily: pd.DataFrame, floor: PerformanceFloor) -> list[dict[str, Any]]:
+    """Days (with enough labelled fraud) whose realised performance is below the floor."""
+    found = []
+    for row in daily.to_dict("records"):
+        if row["frauds"] < floor.min_frauds:
+            continue
+        below = {
+            metric: row[metric]
+            for metric, minimum in (
+                ("precision", floor.min_precision),
+                ("recall", floor.min_recall),
+                ("average_precision", floor.min_average_precision),
+            )
+            if not pd.isna(row[metric]) and row[metric] < minimum
+        }
+        if below:
+            found.append({"day": row["day"], "version": row["version"], "below_floor": below})
+    return found
+
+
+def ingest_labels(
+    store: ObjectStore,
+    model: str,
+    frame: pd.DataFrame,
+    floor: PerformanceFloor | None = None,
+    assume_genuine: bool = True,
+    source: str = "labels",
+) -> LabelIngest:
+    """Store a label file, join it to the predictions and compute realised performance.
+
+    Nothing is dropped silently: labels that match no logged prediction are counted
+    (``unmatched``) and kept, since the prediction may be logged under another model.
+    """
+    floor = floor or PerformanceFloor()
+    labels, duplicates = normalise_labels(frame, source)
+    now = datetime.now(UTC)
+    buffer = io.BytesIO()
+    labels.to_parquet(buffer, index=False)
+    key = f"{LABEL_PREFIX}/{model}/{now:%Y-%m-%d}/{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    store.put_bytes(key, buffer.getvalue())
+    predictions = read_frame(
+        store, model, columns=["tx.transaction_id", "score", "decision", "version"]
+    )
+    all_labels = load_labels(store, model)
+    matched = int(labels["transaction_id"].isin(predictions.get("tx.transaction_id", [])).sum())
+    daily = (
+        daily_performance(predictions, all_labels, assume_genuine)
+        if len(predictions)
+        else pd.DataFrame()
+    )
+    buffer = io.BytesIO()
+    daily.to_parquet(buffer, index=False)
+    table_key = f"performance/{model}/daily.parquet"
+    store.put_bytes(table_key, buffer.getvalue())
+    return LabelIngest(
+        labels_in=len(labels) + duplicates,
+        matched=matched,
+        unmatched=len(labels) - matched,
+        duplicates=duplicates,
+        daily=daily,
+        breaches=breaches(daily, floor) if len(daily) else [],
+        keys={"labels": key, "daily": table_key},
+    )

@@ -1,0 +1,136 @@
+"""Late labels: join, per-day realised performance, the floor."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from components.audit import read_audit
+from components.inference_log import make_record, write_batch
+from components.store import LocalStore
+from monitoring.labels import LabelFileError, PerformanceFloor, ingest_labels
+from monitoring.labels_job import app
+
+DAY1 = datetime(2026, 6, 1, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Two days of logged predictions: day 1 the model catches fraud, day 2 it misses it."""
+    store = LocalStore(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    records = []
+    for day, good in ((0, True), (1, False)):
+        for i in range(200):
+            fraud = i < 10
+            score = (0.9 if fraud else 0.1) if good else (0.1 if fraud else rng.uniform(0, 0.3))
+            if not good and i in (150, 151):
+                score = 0.95  # false alarms
+            records.append(
+                make_record(
+                    model="fraud",
+                    version="v1",
+                    transaction={"transaction_id": f"d{day}-{i}"},
+                    score=score,
+                    decision="alert" if score >= 0.5 else "pass",
+                    time=DAY1 + timedelta(days=day, minutes=i),
+                )
+            )
+    write_batch(store, records)
+    return store
+
+
+def chargebacks() -> pd.DataFrame:
+    ids = [f"d{day}-{i}" for day in (0, 1) for i in range(10)]
+    return pd.DataFrame(
+        {"transaction_id": [*ids, "d0-3", "unknown-1"], "is_fraud": [1] * 20 + [1, 1]}
+    )
+
+
+def test_per_day_realised_performance_and_the_floor(store):
+    result = ingest_labels(store, "fraud", chargebacks(), PerformanceFloor(min_recall=0.5))
+    assert (result.labels_in, result.matched, result.unmatched, result.duplicates) == (22, 20, 1, 1)
+    daily = result.daily.set_index("day")
+    assert daily.loc["2026-06-01", "recall"] == 1.0 and daily.loc["2026-06-01", "precision"] == 1.0
+    assert daily.loc["2026-06-01", "average_precision"] == 1.0
+    assert daily.loc["2026-06-02", "recall"] == 0.0 and daily.loc["2026-06-02", "alerts"] == 2
+    assert daily.loc["2026-06-02", "frauds"] == 10
+    assert [b["day"] for b in result.breaches] == ["2026-06-02"]
+    assert set(result.breaches[0]["below_floor"]) == {"recall", "average_precision"}
+    assert store.exists(result.keys["daily"])
+
+
+def test_bad_label_files_are_explained(store):
+    with pytest.raises(LabelFileError, match="no transaction_id column"):
+        ingest_labels(store, "fraud", pd.DataFrame({"id": [1], "is_fraud": [1]}))
+    with pytest.raises(
+        LabelFileError, match=r"1 label\(s\) in 'is_fraud' are not 0 or 1 \(data rows \[2\]\)"
+    ):
+        ingest_labels(
+            store, "fraud", pd.DataFrame({"transaction_id": ["a", "b"], "is_fraud": [1, 7]})
+        )
+
+
+def test_labels_command_records_the_drop_alerts_and_exits_3(store, tmp_path, webhook_receiver):
+    path = tmp_path / "chargebacks.csv"
+    chargebacks().to_csv(path, index=False)
+    result = CliRunner().invoke(
+        app, ["ingest", str(path), "--model", "fraud", "--store", str(store.root)]
+    )
+    assert result.exit_code == 3, result.output
+    assert "matched 20" in result.output and "performance below the floor" in result.output
+    assert read_audit(store, "performance_drop")[0]["outcome"]["breaches"][0]["day"] == "2026-06-02"
+    assert read_audit(store, "labels_ingest")
+    assert [a["kind"] for a in webhook_receiver] == ["performance"]
+    assert "2026-06-02" in webhook_receiver[0]["summary"]
+    fine = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            str(path),
+            "--model",
+            "fraud",
+            "--store",
+            str(store.root),
+            "--min-recall",
+            "0",
+            "--min-average-precision",
+            "0",
+        ],
+    )
+    assert fine.exit_code == 0 and "above the floor" in fine.output
+
+
+def test_suspicious_transactions_go_out_as_one_batched_alert(tmp_path, webhook_receiver):
+    from datetime import datetime
+
+    from monitoring.alerts_job import app as alerts_app
+
+    store = LocalStore(tmp_path / "store")
+    now = datetime.now(UTC)
+    write_batch(
+        store,
+        [
+            make_record(
+                model="fraud",
+                version="v1",
+                transaction={"transaction_id": f"t{i}"},
+                score=0.9 if i < 3 else 0.1,
+                decision="alert" if i < 3 else "pass",
+                reasons=["amount=900 (+2.1)"],
+                time=now - timedelta(minutes=1),
+            )
+            for i in range(10)
+        ],
+    )
+    result = CliRunner().invoke(
+        alerts_app, ["suspicious", "--model", "fraud", "--store", str(store.root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(webhook_receiver) == 1
+    alert = webhook_receiver[0]
+    assert alert["kind"] == "suspicious_transactions"
+    assert "t0" in str(alert["details"]) and "t5" not in str(alert["details"])
+    assert read_audit(store, "alert")
