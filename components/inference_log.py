@@ -164,6 +164,20 @@ def _batch_keys(
     return keys
 
 
+def _parse_timestamp_column(table, name: str):
+    """Parse an ISO-8601 text column to UTC timestamps inside Arrow (fast); keep it if it fails."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if name not in table.column_names or not pa.types.is_string(table.schema.field(name).type):
+        return table
+    try:
+        parsed = pc.cast(table.column(name), pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return table
+    return table.set_column(table.column_names.index(name), name, parsed)
+
+
 def read_frame(
     store: ObjectStore,
     model: str,
@@ -171,11 +185,14 @@ def read_frame(
     start: datetime | None = None,
     end: datetime | None = None,
     columns: list[str] | None = None,
+    typed: bool = True,
 ) -> pd.DataFrame:
     """Records of ``model`` (one version or all) with ``start <= time < end`` as one flat frame.
 
-    Columns are the record attributes, ``tx.<field>`` and ``feature.<name>``; ``time`` is a
-    UTC timestamp. ``columns`` limits what is read (``time`` is always read).
+    Columns are the record attributes, ``tx.<field>`` and ``feature.<name>``; ``time`` (and
+    ``tx.timestamp`` when it is ISO-8601 text) are UTC timestamps; text columns are
+    categoricals. ``columns`` limits what is read (``time`` is always read). ``typed=False``
+    keeps the logged values as they were written (only ``time`` is parsed).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -189,9 +206,13 @@ def read_frame(
         tables.append(table)
     if not tables:
         return pd.DataFrame(columns=wanted or ["time"])
-    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    table = pa.concat_tables(tables, promote_options="default")
+    if typed:
+        table = _parse_timestamp_column(table, TX + "timestamp")
+    # text columns repeat (ids, categories): categoricals are far cheaper to build and group
+    frame = table.to_pandas(strings_to_categorical=typed)
     if not pd.api.types.is_datetime64_any_dtype(frame["time"]):  # batches written as text
-        frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+        frame["time"] = pd.to_datetime(frame["time"].astype(str), utc=True, format="ISO8601")
     if start is not None:
         frame = frame[frame["time"] >= pd.Timestamp(start)]
     if end is not None:
@@ -207,7 +228,7 @@ def read_records(
     end: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Records of ``model`` (one version or all) with ``start <= time < end``, oldest first."""
-    frame = read_frame(store, model, version, start, end)
+    frame = read_frame(store, model, version, start, end, typed=False)
     frame["time"] = frame["time"].map(lambda t: t.isoformat())
     rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return [_unflatten(row) for row in rows]

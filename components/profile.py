@@ -65,7 +65,10 @@ def population_stability_index(column_profile: dict[str, Any], values: pd.Series
         )
     else:
         ref_map = column_profile["shares"]
-        cur_map = values.astype(str).value_counts(normalize=True, dropna=False).to_dict()
+        counts = values.value_counts(normalize=True, dropna=False)  # no per-row str() copies
+        cur_map: dict[str, float] = {}
+        for key, share in counts.items():
+            cur_map[str(key)] = cur_map.get(str(key), 0.0) + float(share)
         keys = sorted(set(ref_map) | set(cur_map))
         ref = np.array([ref_map.get(k, 0.0) for k in keys])
         cur = np.array([cur_map.get(k, 0.0) for k in keys])

@@ -70,7 +70,12 @@ def test_records_round_trip_exactly_and_read_frame_is_flat(store):
     record = make_record(
         model="fraud",
         version="v3",
-        transaction={"transaction_id": "x", "amount": 12.5, "channel": "pos"},
+        transaction={
+            "transaction_id": "x",
+            "amount": 12.5,
+            "channel": "pos",
+            "timestamp": "2026-05-03T11:59:00Z",
+        },
         score=0.75,
         decision="alert",
         reasons=["a=1 (+0.50)", "b=2 (+0.25)"],
@@ -80,6 +85,9 @@ def test_records_round_trip_exactly_and_read_frame_is_flat(store):
     )
     write_batch(store, [record])
     assert read_records(store, "fraud", "v3") == [record]
-    frame = read_frame(store, "fraud", "v3", columns=["score", "tx.amount", "feature.hour"])
-    assert list(frame.columns) == ["feature.hour", "score", "time", "tx.amount"]
+    frame = read_frame(
+        store, "fraud", "v3", columns=["score", "tx.amount", "feature.hour", "tx.timestamp"]
+    )
+    assert list(frame.columns) == ["feature.hour", "score", "time", "tx.amount", "tx.timestamp"]
     assert frame.loc[0, "tx.amount"] == 12.5 and frame.loc[0, "time"] == when
+    assert frame.loc[0, "tx.timestamp"] == when - timedelta(minutes=1)  # parsed, typed
