@@ -61,8 +61,19 @@ def trigger_retraining(
     reason: str,
     cooldown_hours: float,
     now: datetime | None = None,
+    kfp_client=None,
 ) -> dict[str, Any]:
     """Start retraining unless the cooldown forbids it; record what happened in the audit log.
+
+    Args:
+        store: The store with the audit log.
+        store_uri: Its URI (passed to the pipeline).
+        model: Model name.
+        config: Where and how to retrain.
+        reason: Why (recorded).
+        cooldown_hours: No new retraining within this time of the last.
+        now: The current time.
+        kfp_client: A ``kfp.Client`` to use (default: one for ``config.kfp_host``).
 
     Returns:
         ``status`` (``started``, ``cooldown``, ``disabled``), and the new version (local) or the
@@ -109,6 +120,7 @@ def trigger_retraining(
                 **config.params,
             },
             config.experiment,
+            client=kfp_client,
         )
         outcome = {"status": "started", **run}
     record_event(store, "retrain", inputs, outcome)

@@ -164,3 +164,37 @@ def test_command_line_exit_codes_and_summary(world, tmp_path):
     assert "report: " in result.output
     bad = CliRunner().invoke(app, ["check", "--store", world["store"], "--retrain", "local"])
     assert bad.exit_code == 2 and "--retrain-data" in bad.output
+
+
+def test_retraining_on_a_cluster_creates_a_kfp_run(tmp_path):
+    """No KFP backend runs here: a stand-in client records the run it is asked to create."""
+    from components.store import LocalStore
+    from monitoring.retrain import trigger_retraining
+
+    class RecordingClient:
+        def __init__(self):
+            self.calls = []
+
+        def create_run_from_pipeline_package(self, package, **kwargs):
+            self.calls.append((package, kwargs))
+            return type("Run", (), {"run_id": f"run-{len(self.calls)}"})()
+
+    store = LocalStore(tmp_path / "store")
+    config = RetrainConfig("kfp", "s3://fraudops/data/newest.parquet", kfp_host="http://kfp:8888")
+    client = RecordingClient()
+    outcome = trigger_retraining(
+        store, "s3://fraudops", "fraud", config, "drift", 24, kfp_client=client
+    )
+    assert outcome["status"] == "started" and outcome["run_id"] == "run-1"
+    package, kwargs = client.calls[0]
+    assert package.endswith("pipelines/compiled/training.yaml")
+    assert kwargs["arguments"] == {
+        "data_uri": "s3://fraudops/data/newest.parquet",
+        "store_uri": "s3://fraudops",
+        "model_name": "fraud",
+    }
+    again = trigger_retraining(
+        store, "s3://fraudops", "fraud", config, "drift", 24, kfp_client=client
+    )
+    assert again["status"] == "cooldown" and len(client.calls) == 1
+    assert read_audit(store, "retrain")[0]["outcome"]["run_id"] == "run-1"
