@@ -40,6 +40,7 @@ from tenacity import (
 )
 
 from components.audit import read_audit, record_event
+from components.retry import RetryPolicy
 from components.store import ObjectStore
 
 __all__ = [
@@ -682,28 +683,7 @@ def channels_from_env(env: Mapping[str, str] | None = None) -> list[AlertChannel
 # Delivery
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How a failing channel is retried: exponential backoff between attempts.
-
-    Attributes:
-        attempts: Total attempts per channel (1 = no retry).
-        wait: Wait before the first retry in seconds; doubles on each further retry.
-        max_wait: Upper bound of one wait in seconds.
-    """
-
-    attempts: int = 3
-    wait: float = 1.0
-    max_wait: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
-        if self.wait < 0 or self.max_wait < 0:
-            raise ValueError("RetryPolicy.wait and max_wait must be >= 0")
-
-
-DEFAULT_RETRY = RetryPolicy()
+DEFAULT_RETRY = RetryPolicy(attempts=3, wait=1.0, max_wait=30.0)
 
 
 @dataclass(frozen=True)

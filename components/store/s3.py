@@ -17,7 +17,6 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -34,6 +33,7 @@ from tenacity import (
     wait_random,
 )
 
+from components.retry import RetryPolicy
 from components.store.base import (
     CHUNK_SIZE,
     DEFAULT_CONTENT_TYPE,
@@ -103,27 +103,6 @@ _OTHER_FIXES = {
     "AuthorizationHeaderMalformed": "set AWS_REGION to the bucket's region",
 }
 _NOT_FOUND_ACTIONS = frozenset({"read", "stat", "list", "delete"})
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How transient S3 failures are retried: exponential backoff with a little jitter.
-
-    Attributes:
-        attempts: Total attempts per operation (1 = no retry).
-        wait: Wait before the first retry in seconds; doubles on each further retry.
-        max_wait: Upper bound of one wait in seconds.
-    """
-
-    attempts: int = 5
-    wait: float = 0.5
-    max_wait: float = 8.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
-        if self.wait < 0 or self.max_wait < 0:
-            raise ValueError("RetryPolicy.wait and max_wait must be >= 0")
 
 
 def _status_of(exc: BaseException) -> int | None:
