@@ -202,8 +202,12 @@ def evidently_report(
     html_path: Path,
     sample_rows: int,
     seed: int = 0,
+    drift_share: float = 0.25,
 ) -> dict[str, Any]:
     """Run an Evidently ``DataDriftPreset`` report (plus score drift) on a capped sample.
+
+    ``drift_share`` is the policy's share of drifted columns, so that the report's headline
+    ("Dataset Drift is detected") agrees with the job's decision (Evidently's default is 0.5).
 
     Returns:
         Per column: Evidently's drift value, method and threshold; the drifted count and share;
@@ -229,7 +233,9 @@ def evidently_report(
             data[c] = pd.to_numeric(data[c], errors="coerce").astype("float64")
         return Dataset.from_pandas(data, data_definition=definition)
 
-    report = Report([DataDriftPreset(columns=columns), ValueDrift(column="score")])
+    report = Report(
+        [DataDriftPreset(columns=columns, drift_share=drift_share), ValueDrift(column="score")]
+    )
     snapshot = report.run(current_data=dataset(sample), reference_data=dataset(reference))
     html_path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(html_path))  # str: save_html(Path) writes nothing in evidently 0.7

@@ -84,7 +84,14 @@ def run_drift_check(
         html = out_dir / f"drift-{model}-{bundle.version}-{now:%Y%m%dT%H%M%S}.html"
         evidently: dict[str, Any] = {}
         if len(current):
-            evidently = evidently_report(reference, current, monitored, html, policy.sample_rows)
+            evidently = evidently_report(
+                reference,
+                current,
+                monitored,
+                html,
+                policy.sample_rows,
+                drift_share=policy.max_drifted_share,
+            )
         summary = {
             "model": model,
             "version": bundle.version,

@@ -15,6 +15,7 @@ from components.generator import GeneratorConfig, generate_transactions
 from components.inference_log import make_record, write_batch
 from components.scoring import score_frame
 from components.store import open_store
+from monitoring.drift import DriftPolicy
 from monitoring.drift_job import app, run_drift_check
 from monitoring.retrain import RetrainConfig
 
@@ -96,6 +97,8 @@ def test_drifted_traffic_is_flagged_with_the_right_columns_and_reports(
     )
     html = run.html.read_text()
     assert "<html" in html.lower() and '<script src="http' not in html  # opens offline
+    # the report's own headline agrees with the decision (Evidently's default share is 0.5)
+    assert s["evidently"]["drifted_share"] >= DriftPolicy().max_drifted_share
     store = open_store(world["store"])
     assert store.exists(run.store_keys["html"]) and store.exists(run.store_keys["summary"])
     saved = json.loads(run.html.with_suffix(".json").read_text())
