@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fraudops import __version__, cli_data, cli_model, cli_pipeline, cli_train
+from fraudops import __version__, cli_data, cli_model, cli_pipeline, cli_serve, cli_train
 from fraudops.demo import SCALES
 from fraudops.errors import friendly_errors
 from monitoring import alerts_job, drift_job, labels_job
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(cli_data.app, name="data")
 app.command("train")(cli_train.train)
 app.command("score")(cli_train.score)
+app.command("serve")(cli_serve.serve)
 app.add_typer(cli_pipeline.app, name="pipeline")
 app.add_typer(cli_model.app, name="model")
 app.add_typer(drift_job.app, name="drift")

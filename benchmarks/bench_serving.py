@@ -1,0 +1,496 @@
+"""Serving: latency and throughput of the KServe model server, against an empty KServe model.
+
+Three servers run one after the other on loopback, each a real ``python -m ...`` process with
+the same KServe settings: an empty model (``serving.echo``: its ``predict`` returns the input,
+so what is left is KServe's own cost on this machine), the fraud model with its defaults (reason
+codes for every transaction, inference log on), and the fraud model with reason codes for
+alerts only. The load comes from a separate process (this module's ``load`` command: asyncio
+and uvloop over raw keep-alive sockets, closed loop, one request in flight per connection)
+replaying generated transactions in time order, so the online state evolves as in production.
+
+The model is what ``fraudops train`` registers by default (XGBoost, early stopping on 400
+rounds), trained here on 2,000 customers over 60 days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WARMUP_SECONDS = 1.5
+MEASURE_SECONDS = 6.0
+BATCH = 1000
+
+
+# -- the load generator (runs in its own process) -------------------------------------------
+
+
+async def _connection(host, port, requests, state, deadline_warm, deadline, latencies):
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while True:
+            now = time.perf_counter()
+            if now >= deadline or (state["next"] >= len(requests) and not state["cycle"]):
+                return
+            request = requests[state["next"] % len(requests)]
+            state["next"] += 1
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            elapsed = time.perf_counter() - started
+            if head[9:12] != b"200":
+                state["errors"] += 1
+            if started >= deadline_warm:
+                latencies.append(elapsed)
+                state["measured"] += 1
+    finally:
+        writer.close()
+
+
+async def _load(
+    host: str, port: int, requests: list[bytes], concurrency: int, cycle: bool = False
+) -> dict:
+    state = {"next": 0, "errors": 0, "measured": 0, "cycle": cycle}
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    warm, end = t0 + WARMUP_SECONDS, t0 + WARMUP_SECONDS + MEASURE_SECONDS
+    await asyncio.gather(
+        *(
+            _connection(host, port, requests, state, warm, end, latencies)
+            for _ in range(concurrency)
+        )
+    )
+    measured = min(time.perf_counter(), end) - warm
+    if not latencies:
+        raise RuntimeError("no request completed after the warm-up: too few bodies")
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000.0
+
+    return {
+        "requests": len(latencies),
+        "used": state["next"],
+        "errors": state["errors"],
+        "rps": len(latencies) / measured if measured > 0 else 0.0,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000.0,
+    }
+
+
+def load_main(argv: list[str]) -> None:
+    """``python -m benchmarks.bench_serving load ...``: print one JSON line of results."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--bodies", required=True, help="File with one JSON body per line.")
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--cycle", action="store_true", help="Reuse the bodies (stateless).")
+    args = parser.parse_args(argv)
+    head = (
+        f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: "
+    ).encode()
+    requests = []
+    with open(args.bodies, "rb") as fh:
+        for i, line in enumerate(fh):
+            if i < args.offset:
+                continue
+            body = line.rstrip(b"\n")
+            requests.append(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        pass
+    result = asyncio.run(_load("127.0.0.1", args.port, requests, args.concurrency, args.cycle))
+    print(json.dumps(result))
+
+
+# -- the benchmark --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(folder: Path) -> tuple[str, object]:
+    """Register a default-configured model into ``folder/store``; return (store, data)."""
+    from components.frames import write_table
+    from components.generator import GeneratorConfig, generate_transactions
+    from components.steps.evaluate import evaluate_step
+    from components.steps.features import features_step
+    from components.steps.gate import gate_step
+    from components.steps.register import register_step
+    from components.steps.split import split_step
+    from components.steps.train import train_step
+    from components.steps.validate import validate_step
+
+    config = GeneratorConfig(n_customers=2000, n_terminals=4000, n_days=60, seed=21)
+    data = write_table(generate_transactions(config), folder / "train.parquet")
+    store = str(folder / "store")
+    p = {n: str(folder / n) for n in ("a.parquet", "r.json", "q.csv", "f.parquet", "s.json",
+                                        "tr.parquet", "va.parquet", "te.parquet", "w.json",
+                                        "model", "i.json", "m.json", "t.json", "plots",
+                                        "sc.parquet", "g.json")}  # fmt: skip
+    validate_step(str(data), "", 0.05, p["a.parquet"], p["r.json"], p["q.csv"])
+    features_step(p["a.parquet"], 7.0, [], p["f.parquet"], p["s.json"])
+    split_step(
+        p["f.parquet"],
+        {"test_days": 7, "valid_days": 7, "gap_days": 7, "burn_in_days": 7},
+        p["tr.parquet"],
+        p["va.parquet"],
+        p["te.parquet"],
+        p["w.json"],
+    )
+    train_step(p["tr.parquet"], p["va.parquet"], p["s.json"], {"seed": 42}, p["model"], p["i.json"])
+    evaluate_step(
+        p["model"],
+        p["va.parquet"],
+        p["te.parquet"],
+        p["s.json"],
+        "alert_budget:100",
+        100,
+        p["m.json"],
+        p["t.json"],
+        p["plots"],
+        p["sc.parquet"],
+    )
+    gate_step(p["m.json"], p["a.parquet"], p["w.json"], store, "fraud-detector", 0.005, p["g.json"])
+    register_step(
+        p["model"],
+        p["s.json"],
+        p["m.json"],
+        p["t.json"],
+        p["plots"],
+        p["a.parquet"],
+        p["f.parquet"],
+        p["w.json"],
+        p["g.json"],
+        p["i.json"],
+        p["r.json"],
+        store,
+        "fraud-detector",
+    )
+    return store, config
+
+
+def _bodies(folder: Path, config) -> dict[str, Path]:
+    """Request bodies replaying the weeks after the training data, in time order."""
+    import orjson
+    import pandas as pd
+
+    from components.generator import GeneratorConfig, generate_transactions
+
+    start = pd.Timestamp(config.start_date) + pd.Timedelta(days=config.n_days)
+    later = generate_transactions(
+        GeneratorConfig(
+            n_customers=config.n_customers,
+            n_terminals=config.n_terminals,
+            n_days=90,
+            seed=config.seed + 1,
+            start_date=f"{start:%Y-%m-%d}",
+        )
+    ).sort_values("timestamp", kind="stable")
+    rows = []
+    for r in later.itertuples(index=False):
+        rows.append(
+            {
+                "transaction_id": r.transaction_id,
+                "timestamp": r.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "customer_id": r.customer_id,
+                "terminal_id": r.terminal_id,
+                "amount": float(r.amount),
+                "transaction_type": str(r.transaction_type),
+                "channel": str(r.channel),
+                "account_type": str(r.account_type),
+                "account_balance": float(r.account_balance),
+                "account_age_days": float(r.account_age_days),
+                "merchant_category": str(r.merchant_category),
+            }
+        )
+    names = list(rows[0])
+    numeric = {"amount", "account_balance", "account_age_days"}
+
+    def v2(chunk: list[dict]) -> dict:
+        return {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": [len(chunk)],
+                    "datatype": "FP64" if n in numeric else "BYTES",
+                    "data": [r[n] for r in chunk],
+                }
+                for n in names
+            ]
+        }
+
+    singles, batches = rows[:80_000], rows[80_000:]
+    files = {
+        "v1": [orjson.dumps({"instances": [r]}) for r in singles],
+        "v2": [orjson.dumps(v2([r])) for r in singles],
+        "v1_batch": [
+            orjson.dumps({"instances": batches[i : i + BATCH]})
+            for i in range(0, len(batches) - BATCH + 1, BATCH)
+        ],
+        "v2_batch": [
+            orjson.dumps(v2(batches[i : i + BATCH]))
+            for i in range(0, len(batches) - BATCH + 1, BATCH)
+        ],
+    }
+    out = {}
+    for name, bodies in files.items():
+        path = folder / f"{name}.jsonl"
+        path.write_bytes(b"\n".join(bodies) + b"\n")
+        out[name] = path
+    return out
+
+
+class _Server:
+    def __init__(self, module: str, args: list[str], log: Path) -> None:
+        self.port = _free_port()
+        self.log = log.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args, *self._ports()],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        import httpx
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{module} exited: see {log}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/v2/health/ready").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{module} not ready: see {log}")
+
+    def _ports(self) -> list[str]:
+        return ["--http_port", str(self.port), "--host", "127.0.0.1", "--grpc_port", "0"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+def _run_load(
+    port: int, path: str, bodies: Path, offset: int, concurrency: int, cycle: bool
+) -> dict:
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.bench_serving", "load", "--port", str(port)),
+            *("--path", path, "--bodies", str(bodies), "--offset", str(offset)),
+            *("--concurrency", str(concurrency), *(["--cycle"] if cycle else [])),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SCENARIOS = [  # (name, body file, protocol path, concurrency)
+    ("v1 c1", "v1", "v1", 1),
+    ("v1 c4", "v1", "v1", 4),
+    ("v2 c1", "v2", "v2", 1),
+    ("v2 c4", "v2", "v2", 4),
+    ("v1 batch", "v1_batch", "v1", 1),
+    ("v2 batch", "v2_batch", "v2", 1),
+]
+
+
+def _measure(server: _Server, model: str, files: dict[str, Path], scenarios) -> dict[str, dict]:
+    paths = {"v1": f"/v1/models/{model}:predict", "v2": f"/v2/models/{model}/infer"}
+    offsets = {"v1": 0, "v2": 0, "v1_batch": 0, "v2_batch": 0}
+    results = {}
+    for name, body, protocol, concurrency in scenarios:
+        # v1 and v2 singles share the stream: continue where the other one stopped
+        key = body if "batch" in body else "v1"
+        result = _run_load(
+            server.port, paths[protocol], files[body], offsets[key], concurrency, model == "echo"
+        )
+        offsets[key] += result["used"]
+        if result["errors"]:
+            raise RuntimeError(f"{name}: {result['errors']} request(s) failed")
+        results[name] = result
+        print(f"   ... {model} {name}: {result}", flush=True)
+    return results
+
+
+def run():
+    from benchmarks.harness import Figure
+
+    common = ["--enable_latency_logging", "false", "--access_logging", "false"]
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        folder = Path(tmp)
+        started = time.perf_counter()
+        store, config = _train(folder)
+        files = _bodies(folder, config)
+        print(f"   ... model and bodies ready in {time.perf_counter() - started:.0f} s", flush=True)
+        results = {}
+        for label, module, args in (
+            ("echo", "serving.echo", ["--model_name", "echo"]),
+            (
+                "fraud",
+                "serving",
+                ["--model_uri", f"{store}#fraud-detector", "--log_store", f"{tmp}/log"],
+            ),
+            (
+                "alerts",
+                "serving",
+                [
+                    *("--model_uri", f"{store}#fraud-detector", "--log_store", f"{tmp}/log2"),
+                    *("--reasons_for", "alerts"),
+                ],
+            ),
+        ):
+            server = _Server(module, [*args, *common], folder / f"{label}.log")
+            try:
+                model = "echo" if label == "echo" else "fraud-detector"
+                scenarios = SCENARIOS if label != "alerts" else [SCENARIOS[1], SCENARIOS[4]]
+                results[label] = _measure(server, model, files, scenarios)
+            finally:
+                server.stop()
+    return _figures(results, Figure)
+
+
+def _figures(results: dict, Figure) -> list:
+    fraud, echo, alerts = results["fraud"], results["echo"], results["alerts"]
+
+    def floor(name: str, key: str) -> str:
+        f, e = fraud[name][key], echo[name][key]
+        if key == "rps":  # throughput: the share of the empty model's that is left
+            return f"empty model {e:,.0f} req/s, this is {f / e:.1%} of it"
+        return f"empty model {e:,.2f} ms, this is {f / e:.1f}x"
+
+    v1c1, v1c4, v2c1, v2c4 = fraud["v1 c1"], fraud["v1 c4"], fraud["v2 c1"], fraud["v2 c4"]
+    tx = {k: fraud[k]["rps"] * BATCH for k in ("v1 batch", "v2 batch")}
+    echo_tx = {k: echo[k]["rps"] * BATCH for k in ("v1 batch", "v2 batch")}
+    return [
+        Figure(
+            "V1 single transaction, p99 latency, concurrency 1",
+            v1c1["p99_ms"],
+            "ms",
+            "<= 2 ms",
+            v1c1["p99_ms"] <= 2,
+            f"p50 {v1c1['p50_ms']:.2f} ms; {floor('v1 c1', 'p99_ms')}",
+        ),
+        Figure(
+            "V1 single transaction, throughput, concurrency 4",
+            v1c4["rps"],
+            "req/s",
+            ">= 1,500 req/s",
+            v1c4["rps"] >= 1500,
+            f"{floor('v1 c4', 'rps')}",
+        ),
+        Figure(
+            "V1 single transaction, p99 latency, concurrency 4",
+            v1c4["p99_ms"],
+            "ms",
+            "<= 5 ms",
+            v1c4["p99_ms"] <= 5,
+            f"p50 {v1c4['p50_ms']:.2f} ms; {floor('v1 c4', 'p99_ms')}",
+        ),
+        Figure(
+            "V2 single transaction, p99 latency, concurrency 1",
+            v2c1["p99_ms"],
+            "ms",
+            "within 25% of V1",
+            v2c1["p99_ms"] <= 1.25 * v1c1["p99_ms"],
+            f"V1 {v1c1['p99_ms']:.2f} ms; {floor('v2 c1', 'p99_ms')}",
+        ),
+        Figure(
+            "V2 single transaction, throughput, concurrency 4",
+            v2c4["rps"],
+            "req/s",
+            "within 25% of V1",
+            v2c4["rps"] >= 0.75 * v1c4["rps"],
+            f"V1 {v1c4['rps']:,.0f} req/s; p99 {v2c4['p99_ms']:.2f} ms; {floor('v2 c4', 'rps')}",
+        ),
+        Figure(
+            "V1 batches of 1,000, throughput",
+            tx["v1 batch"],
+            "tx/s",
+            ">= 200,000 tx/s",
+            tx["v1 batch"] >= 200_000,
+            f"p50 {fraud['v1 batch']['p50_ms']:.1f} ms per batch; empty model "
+            f"{echo_tx['v1 batch']:,.0f} tx/s, this is {tx['v1 batch'] / echo_tx['v1 batch']:.1%}",
+        ),
+        Figure(
+            "V2 batches of 1,000, throughput",
+            tx["v2 batch"],
+            "tx/s",
+            ">= 200,000 tx/s",
+            tx["v2 batch"] >= 200_000,
+            f"p50 {fraud['v2 batch']['p50_ms']:.1f} ms per batch; empty model "
+            f"{echo_tx['v2 batch']:,.0f} tx/s, this is {tx['v2 batch'] / echo_tx['v2 batch']:.1%}",
+        ),
+        Figure(
+            "V1 single, concurrency 4, reason codes for alerts only",
+            alerts["v1 c4"]["rps"],
+            "req/s",
+            ">= 1,500 req/s",
+            alerts["v1 c4"]["rps"] >= 1500,
+            f"p99 {alerts['v1 c4']['p99_ms']:.2f} ms (--reasons_for alerts); "
+            f"{alerts['v1 c4']['rps'] / echo['v1 c4']['rps']:.1%} of the empty model",
+        ),
+        Figure(
+            "V1 batches of 1,000, reason codes for alerts only",
+            alerts["v1 batch"]["rps"] * BATCH,
+            "tx/s",
+            ">= 200,000 tx/s",
+            alerts["v1 batch"]["rps"] * BATCH >= 200_000,
+            f"p50 {alerts['v1 batch']['p50_ms']:.1f} ms, p99 {alerts['v1 batch']['p99_ms']:.1f} ms "
+            "per batch (--reasons_for alerts)",
+        ),
+        Figure(
+            "empty KServe model: V1 single, concurrency 4",
+            echo["v1 c4"]["rps"],
+            "req/s",
+            "",
+            None,
+            f"p99 {echo['v1 c4']['p99_ms']:.2f} ms; concurrency 1: p99 "
+            f"{echo['v1 c1']['p99_ms']:.2f} ms (the floor: KServe's own cost on this machine)",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "load":
+        load_main(sys.argv[2:])
+    else:
+        print("usage: python -m benchmarks serving  (or: ... bench_serving load --port ...)")

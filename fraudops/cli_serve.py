@@ -1,0 +1,90 @@
+"""`fraudops serve`: the KServe model server for a registered bundle, on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fraudops.errors import friendly_errors
+from fraudops.options import DEFAULT_MODEL_NAME, StoreOpt, store_uri
+
+
+@friendly_errors
+def serve(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="name[:version|alias] in the store (default alias: champion), or a bundle folder.",
+        ),
+    ] = DEFAULT_MODEL_NAME,
+    store: StoreOpt = None,
+    http_port: Annotated[
+        int, typer.Option("--http-port", help="HTTP port (V1, V2, /metrics).")
+    ] = 8080,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; 0.0.0.0 to accept other machines.")
+    ] = "127.0.0.1",
+    log_store: Annotated[
+        str | None,
+        typer.Option(
+            "--log-store",
+            help="Store for the inference log (default: the model's store; 'none': no log).",
+        ),
+    ] = None,
+    reasons_for: Annotated[
+        str, typer.Option("--reasons-for", help="Reason codes for: all, alerts, none.")
+    ] = "all",
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most transactions/request.")] = (
+        10_000
+    ),
+    name: Annotated[
+        str | None, typer.Option("--name", help="Served model name (default: the model's name).")
+    ] = None,
+    extra: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="More `python -m serving` options after --, e.g. -- --log_features true.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve a registered model with KServe: REST V1 and V2 (Open Inference Protocol).
+
+    Scores transactions with online windowed features (seeded from the bundle's snapshot),
+    returns score, decision and reason codes, writes the inference log to the store and
+    exposes Prometheus metrics at /metrics. Stop with Ctrl-C: the log is flushed first.
+    """
+    if reasons_for not in ("all", "alerts", "none"):
+        raise typer.BadParameter("choose all, alerts or none", param_hint="--reasons-for")
+    folder = Path(model)
+    if folder.is_dir():
+        model_uri = str(folder)
+    else:
+        model_name, _, ref = model.partition(":")
+        model_uri = f"{store_uri(store)}#{model_name}:{ref or 'champion'}"
+    argv = [
+        "--model_uri",
+        model_uri,
+        "--http_port",
+        str(http_port),
+        "--host",
+        host,
+        "--reasons_for",
+        reasons_for,
+        "--max_batch",
+        str(max_batch),
+    ]
+    if log_store:
+        argv += ["--log_store", log_store]
+    if name:
+        argv += ["--model_name", name]
+    argv += list(extra or [])
+
+    from serving.__main__ import main  # heavy: KServe, FastAPI
+
+    code = main(argv)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,463 @@
+"""The KServe model: one ``predict`` for V1 and V2, online features, inference log, metrics.
+
+KServe glue only; the logic is in :mod:`serving.transactions` (decode and validate),
+:mod:`serving.scorer` (features, model, decision, reasons) and :mod:`serving.log_writer`.
+Follows KServe's model contract: ``__init__(name, ...)``; ``load()`` fetches and verifies the
+bundle, seeds the online state, sets ``self.ready`` and raises ``ModelMissingError`` when it
+cannot; ``predict`` receives a dict (V1) or an ``InferRequest`` (V2) and returns the matching
+response; unexpected failures become ``InferenceError`` (HTTP 500), bad input
+``InvalidInput`` subclasses (HTTP 4xx).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+from kserve import Model
+from kserve.errors import InferenceError, ModelMissingError
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from components.bundle import Bundle
+from components.inference_log import make_record, read_frame
+from components.store import ObjectStore, StoreError
+from serving.errors import InvalidTransactions, ServingError
+from serving.http import current_request
+from serving.log_writer import InferenceLogWriter, LogEntry
+from serving.metrics import ServingMetrics
+from serving.scorer import Scored, Scorer
+from serving.source import BundleSource
+from serving.state import InMemoryOnlineState, OnlineState
+from serving.transactions import TransactionBatch, TransactionSchema, from_instances, from_tensors
+
+__all__ = ["FraudDetector", "ServingConfig"]
+
+log = logging.getLogger("fraudops.serving")
+
+REPLAY_COLUMNS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
+_NO_FEATURES = np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Options of the model server (see ``python -m serving --help``).
+
+    Attributes:
+        max_batch: Most transactions per request.
+        max_clock_skew_seconds: How far in the future a timestamp may be.
+        n_reasons: Reason codes per transaction.
+        reasons_for: ``all``, ``alerts`` or ``none``.
+        log_features: Put the engineered features into each inference-log record.
+        replay_log: At start, add the transactions logged since the bundle's snapshot to the
+            online state (so a restart does not forget them).
+        log_source: CloudEvent ``source`` of the records this server writes.
+        log_max_records, log_flush_records, log_flush_interval, log_block_seconds: See
+            :class:`serving.log_writer.InferenceLogWriter`.
+        state_slack_days: History kept beyond the spec's ``history_days`` (late arrivals).
+        log_process: Build and write log records in a helper process (off the GIL).
+    """
+
+    max_batch: int = 10_000
+    max_clock_skew_seconds: float = 300.0
+    n_reasons: int = 3
+    reasons_for: str = "all"
+    log_features: bool = False
+    replay_log: bool = True
+    log_source: str = "fraudops-serving"
+    log_max_records: int = 200_000
+    log_flush_records: int = 20_000
+    log_flush_interval: float = 5.0
+    log_block_seconds: float = 0.05
+    state_slack_days: float = 1.0
+    log_process: bool = True
+
+
+class FraudDetector(Model):
+    """Real-time fraud scoring of transactions with a model bundle.
+
+    Args:
+        name: Served model name (the path segment of ``/v1/models/<name>:predict``); name the
+            InferenceService after the registered model.
+        source: Where the bundle comes from.
+        config: Server options.
+        metrics: Prometheus metrics (None: not counted).
+        log_store: Store for the inference log (None: no log from this server; in a cluster
+            the KServe logger and :mod:`serving.log_sink` write it instead).
+        state: Online state to use (default: in memory, seeded from the bundle's snapshot).
+        workdir: Where a bundle from a store is downloaded (default: a temporary folder).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: BundleSource,
+        config: ServingConfig | None = None,
+        metrics: ServingMetrics | None = None,
+        log_store: ObjectStore | None = None,
+        state: OnlineState | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.source = source
+        self.config = config or ServingConfig()
+        self.metrics = metrics
+        self.log_store = log_store
+        self.workdir = workdir
+        self.state = state
+        self.scorer: Scorer | None = None
+        self.schema = TransactionSchema()
+        self.writer: InferenceLogWriter | None = None
+        self.version = ""
+        self.bundle: Bundle | None = None
+        self._series: dict[str, tuple] = {}
+        self._tmpdir: Path | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Fetch and verify the bundle, seed the online state, start the log writer.
+
+        Raises:
+            ModelMissingError: the bundle cannot be fetched, is incomplete or was tampered
+                with; the message says which file and why.
+        """
+        workdir = self.workdir
+        if workdir is None and self.source.folder is None:  # a download; removed by close()
+            workdir = self._tmpdir = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
+        config = self.config
+        try:
+            bundle = self.source.open(workdir)
+            spec = bundle.spec()
+            snapshot = bundle.folder / "online" / "snapshot.parquet"
+            history = pd.read_parquet(snapshot) if snapshot.exists() else pd.DataFrame()
+            # the model is deserialised only now, after every file matched the manifest
+            scorer = Scorer(bundle, None, config.n_reasons, config.reasons_for)
+        except (StoreError, OSError, ValueError, KeyError) as e:
+            self.close()
+            raise ModelMissingError(
+                f"cannot load the model bundle from {self.source.uri}: {e}"
+            ) from e
+        if self.state is None:
+            state = InMemoryOnlineState(spec.history_days + config.state_slack_days)
+            seeded = state.load_frame(history) if len(history) else 0
+            replayed = self._replay(state, history, spec.history_days + config.state_slack_days)
+            self.state = state
+            log.info(
+                "online state: %d snapshot row(s), %d replayed from the inference log",
+                seeded,
+                replayed,
+            )
+        scorer.state = self.state
+        self.scorer = scorer
+        self.schema = TransactionSchema(
+            extra_numeric=spec.extra_numeric,
+            max_batch=config.max_batch,
+            max_clock_skew_seconds=config.max_clock_skew_seconds,
+        )
+        self.bundle = bundle
+        self.version = bundle.version
+        if self.log_store is not None and self.writer is None:
+            self.writer = InferenceLogWriter(
+                self.log_store,
+                max_records=config.log_max_records,
+                flush_records=config.log_flush_records,
+                flush_interval=config.log_flush_interval,
+                block_seconds=config.log_block_seconds,
+                metrics=self.metrics,
+                process=config.log_process,
+            ).start()
+        if self.metrics is not None:
+            self._state_gauges()
+        log.info(
+            "loaded %s %s (%s, threshold %.4f) from %s",
+            bundle.name,
+            bundle.version,
+            self.scorer.model.model_type,
+            self.scorer.threshold,
+            self.source.uri,
+        )
+        self.ready = True
+        return self.ready
+
+    def _replay(self, state: InMemoryOnlineState, snapshot: pd.DataFrame, days: float) -> int:
+        """Add logged transactions newer than the snapshot (a restart keeps its history).
+
+        Reads the records of this model (every version: a canary's traffic counts too) written
+        in the last ``days`` days, keeps the transactions after the snapshot's end, once each.
+        """
+        if not self.config.replay_log or self.log_store is None:
+            return 0
+        since = datetime.now(UTC) - timedelta(days=days)
+        columns = [f"tx.{c}" for c in REPLAY_COLUMNS]
+        try:
+            frame = read_frame(self.log_store, self.name, start=since, columns=columns)
+        except (StoreError, OSError, ValueError) as e:
+            log.warning("cannot replay the inference log (%s); starting from the snapshot", e)
+            return 0
+        if frame.empty or not set(columns) <= set(frame.columns):
+            return 0
+        rows = frame[columns].rename(columns=lambda c: c.removeprefix("tx."))
+        rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True, format="ISO8601")
+        if len(snapshot):
+            rows = rows[rows["timestamp"] > pd.to_datetime(snapshot["timestamp"], utc=True).max()]
+        rows = rows.drop_duplicates("transaction_id").sort_values("timestamp", kind="stable")
+        return state.load_frame(rows)
+
+    def _state_gauges(self) -> None:
+        m, state = self.metrics, self.state
+        assert m is not None and state is not None
+        for kind, key, gauge in (
+            ("customer", "customers", m.state_entities),
+            ("terminal", "terminals", m.state_entities),
+            ("customer", "customer_rows", m.state_rows),
+            ("terminal", "terminal_rows", m.state_rows),
+        ):
+            gauge.labels(self.name, kind).set_function(lambda key=key: state.stats()[key])
+
+    def stop(self) -> None:
+        """Write the rest of the inference log (graceful shutdown)."""
+        self.close()
+        super().stop()
+
+    def close(self) -> None:
+        """Flush and stop the inference-log writer, remove a downloaded bundle (idempotent)."""
+        if self.writer is not None:
+            self.writer.close()
+        if self._tmpdir is not None:  # everything in it was read by load()
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    # -- metadata (V2 GET /v2/models/<name>) ------------------------------------------------
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return [
+            {"name": name, "datatype": self.schema.datatype(name), "shape": [-1]}
+            for name in self.schema.fields
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        outputs = [
+            {"name": "transaction_id", "datatype": "BYTES", "shape": [-1]},
+            {"name": "score", "datatype": "FP64", "shape": [-1]},
+            {"name": "decision", "datatype": "BYTES", "shape": [-1]},
+        ]
+        if self.config.n_reasons > 0:
+            outputs.append(
+                {"name": "reasons", "datatype": "BYTES", "shape": [-1, self.config.n_reasons]}
+            )
+        return outputs
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def predict(
+        self, payload: dict | InferRequest | bytes, headers: dict[str, str] | None = None
+    ) -> dict | InferResponse:
+        """Score V1 ``{"instances": [...]}`` or a V2 ``InferRequest``; same path for both."""
+        ctx = current_request()
+        started = ctx.started if ctx is not None else time.perf_counter()
+        if ctx is not None:
+            ctx.reached_model = True
+            ctx.version = self.version
+        if self.scorer is None:
+            raise InferenceError(f"model {self.name} is not loaded")
+        v2 = isinstance(payload, InferRequest)
+        protocol = "v2" if v2 else "v1"
+        if v2:
+            self._check_outputs(payload)
+            batch = from_tensors(payload.inputs, self.schema)
+        else:
+            batch = from_instances(_json(payload), self.schema)
+        try:
+            scored = self.scorer.score(batch)
+        except ServingError:
+            raise
+        except Exception as e:
+            raise InferenceError(f"scoring failed: {type(e).__name__}: {e}") from e
+        request_id = _request_id(headers, payload)
+        response = (
+            self._v2_response(payload, batch, scored, request_id)
+            if v2
+            else self._v1_response(batch, scored)
+        )
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._observe(protocol, scored)
+        if self.writer is not None:
+            self._log(batch, scored, protocol, request_id, latency_ms)
+        return response
+
+    def _check_outputs(self, request: InferRequest) -> None:
+        if not request.request_outputs:
+            return
+        known = {o["name"] for o in self.get_output_types()}
+        unknown = [o.name for o in request.request_outputs if o.name not in known]
+        if unknown:
+            raise InvalidTransactions(
+                [f"unknown requested output(s) {unknown}; outputs: {sorted(known)}"]
+            )
+
+    def _v1_response(self, batch: TransactionBatch, scored: Scored) -> dict[str, Any]:
+        version = self.version
+        return {
+            "model_name": self.name,
+            "model_version": version,
+            "predictions": [
+                {
+                    "transaction_id": tid,
+                    "score": score,
+                    "decision": decision,
+                    "model_version": version,
+                    "reasons": reasons,
+                }
+                for tid, score, decision, reasons in zip(
+                    batch.transaction_id,
+                    scored.score.tolist(),
+                    scored.decisions,
+                    scored.reasons,
+                    strict=True,
+                )
+            ],
+        }
+
+    def _v2_response(
+        self, request: InferRequest, batch: TransactionBatch, scored: Scored, request_id: str
+    ) -> InferResponse:
+        n = len(batch)
+        outputs = [
+            InferOutput("transaction_id", [n], "BYTES", np.array(batch.transaction_id, object)),
+            InferOutput("score", [n], "FP64", scored.score),
+            InferOutput("decision", [n], "BYTES", np.array(scored.decisions, object)),
+        ]
+        k = self.config.n_reasons
+        if k > 0:
+            grid = np.full((n, k), "", dtype=object)
+            for i, codes in enumerate(scored.reasons):
+                grid[i, : len(codes)] = codes
+            outputs.append(InferOutput("reasons", [n, k], "BYTES", grid))
+        return InferResponse(
+            response_id=request.id or request_id,
+            model_name=self.name,
+            model_version=self.version,
+            infer_outputs=outputs,
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
+
+    def _observe(self, protocol: str, scored: Scored) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        series = self._series.get(protocol)
+        if series is None:  # resolve the labelled series once
+            series = self._series[protocol] = (
+                m.transactions.labels(self.name, self.version, protocol),
+                m.alerts.labels(self.name, self.version),
+            )
+        series[0].inc(len(scored.score))
+        alerts = int(np.count_nonzero(scored.alert))
+        if alerts:
+            series[1].inc(alerts)
+        m.scores.observe((self.name, self.version), scored.score)
+
+    def _log(
+        self,
+        batch: TransactionBatch,
+        scored: Scored,
+        protocol: str,
+        request_id: str,
+        latency_ms: float,
+    ) -> None:
+        names = None
+        if self.config.log_features:
+            names = self.scorer.features.names  # type: ignore[union-attr]
+        else:  # the entry may be pickled to the writer process: leave the matrix out
+            scored = Scored(scored.score, scored.alert, scored.reasons, _NO_FEATURES)
+        args = (
+            batch,
+            scored,
+            self.name,
+            self.version,
+            protocol,
+            request_id,
+            latency_ms,
+            self.config.log_source,
+            datetime.now(UTC),
+            names,
+        )
+        assert self.writer is not None
+        self.writer.submit(LogEntry(len(batch), records_for, args))
+
+
+def records_for(
+    batch: TransactionBatch,
+    scored: Scored,
+    name: str,
+    version: str,
+    protocol: str,
+    request_id: str,
+    latency_ms: float | None,
+    source: str,
+    when: datetime,
+    feature_names: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Inference-log records of one request (shared with :mod:`serving.log_sink`).
+
+    A request of one transaction gives one record with the request id as its CloudEvent id;
+    a batch gives ``<request id>-<i>`` per transaction.
+    """
+    n = len(batch)
+    decisions = scored.decisions
+    scores = scored.score.tolist()
+    out = []
+    for i in range(n):
+        features = None
+        if feature_names is not None:
+            row = scored.features[i].tolist()
+            features = {f: (None if v != v else v) for f, v in zip(feature_names, row, strict=True)}
+        out.append(
+            make_record(
+                model=name,
+                version=version,
+                transaction=batch.transaction(i),
+                score=scores[i],
+                decision=decisions[i],
+                reasons=scored.reasons[i],
+                latency_ms=latency_ms,
+                event_id=request_id if n == 1 else f"{request_id}-{i}",
+                source=source,
+                protocol=protocol,
+                time=when,
+                features=features,
+            )
+        )
+    return out
+
+
+def _request_id(headers: dict[str, str] | None, payload: object) -> str:
+    if headers:
+        for key in ("ce-id", "x-request-id"):
+            value = headers.get(key)
+            if value:
+                return value
+    if isinstance(payload, InferRequest) and payload.id:
+        return str(payload.id)
+    return uuid.uuid4().hex
+
+
+def _json(payload: object) -> object:
+    """A V1 body as parsed JSON (KServe passes bytes through for some content types)."""
+    if isinstance(payload, bytes | bytearray):
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as e:
+            raise InvalidTransactions([f"the body is not valid JSON: {e}"]) from e
+    return payload

@@ -1,0 +1,124 @@
+"""Score validated transactions: online features, model, decision, reason codes, state update.
+
+Pure logic apart from KServe (the :class:`serving.model.FraudDetector` is the glue). One call
+of :meth:`Scorer.score` reads the history of the request's customers and terminals, computes the
+features, scores, decides at the bundle's threshold, explains, and then appends the
+transactions to the online state (only after they were scored, so a failure leaves the state
+unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from components.bundle import Bundle
+from components.model import FraudModel
+from serving.features import OnlineFeatures, entity_codes
+from serving.state import OnlineState
+from serving.transactions import TransactionBatch
+
+__all__ = ["REASONS_FOR", "Scored", "Scorer", "format_reasons"]
+
+REASONS_FOR = ("all", "alerts", "none")
+ReasonsFor = Literal["all", "alerts", "none"]
+
+
+@dataclass
+class Scored:
+    """Scores of one request.
+
+    Attributes:
+        score: Fraud score per transaction (float64).
+        alert: Whether the score reaches the threshold.
+        reasons: Reason codes per transaction (empty when not computed or none positive).
+        features: The feature matrix (float32, model column order).
+    """
+
+    score: np.ndarray
+    alert: np.ndarray
+    reasons: list[list[str]]
+    features: np.ndarray
+
+    @property
+    def decisions(self) -> list[str]:
+        return ["alert" if a else "pass" for a in self.alert.tolist()]
+
+
+def format_reasons(
+    names: list[str], values: np.ndarray, contributions: np.ndarray, n: int
+) -> list[list[str]]:
+    """The ``n`` features that pushed each score up most, as ``feature=value (+contribution)``.
+
+    The same selection and text as :func:`components.scoring.reason_codes`, on numpy arrays.
+    """
+    top = np.argsort(-contributions, axis=1)[:, :n]
+    codes = []
+    for row, columns in enumerate(top):
+        codes.append(
+            [
+                f"{names[c]}={values[row, c]:.4g} (+{contributions[row, c]:.2f})"
+                for c in columns
+                if contributions[row, c] > 0
+            ]
+        )
+    return codes
+
+
+class Scorer:
+    """Everything needed to score one request, loaded from a verified bundle.
+
+    Args:
+        bundle: A verified bundle.
+        state: The online feature state (seeded by the caller; may be set after construction).
+        n_reasons: Reason codes per transaction.
+        reasons_for: ``all`` transactions, only ``alerts``, or ``none``.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        state: OnlineState | None,
+        n_reasons: int = 3,
+        reasons_for: ReasonsFor = "all",
+    ) -> None:
+        if reasons_for not in REASONS_FOR:
+            raise ValueError(f"reasons_for {reasons_for!r}: choose one of {REASONS_FOR}")
+        self.name = bundle.name
+        self.version = bundle.version
+        self.spec = bundle.spec()
+        self.threshold = float(bundle.threshold()["threshold"])
+        self.model: FraudModel = bundle.model()
+        if self.model.model_type == "xgboost":
+            # one request's rows are few: OpenMP threads only add contention with the server
+            self.model.estimator.set_param({"nthread": 1})
+        self.features = OnlineFeatures(self.spec, self.model.feature_names)
+        self.state = state
+        self.n_reasons = n_reasons
+        self.reasons_for: ReasonsFor = reasons_for
+        if self.model.model_type == "random_forest" and reasons_for != "none":
+            self.reasons_for = "none"  # the model has no per-prediction contributions
+
+    def score(self, batch: TransactionBatch) -> Scored:
+        """Score ``batch``, then add it to the online state."""
+        if self.state is None:
+            raise RuntimeError("the scorer has no online state yet")
+        q_cust, customers = entity_codes(batch.customer_id)
+        q_term, terminals = entity_codes(batch.terminal_id)
+        history = self.state.history_for(customers, terminals)
+        matrix = self.features.from_history(batch, history, q_cust, q_term)
+        score = np.asarray(self.model.predict(matrix), dtype=np.float64)
+        alert = score >= self.threshold
+        reasons: list[list[str]] = [[] for _ in range(len(batch))]
+        if self.n_reasons > 0 and self.reasons_for != "none":
+            rows = np.arange(len(batch)) if self.reasons_for == "all" else np.flatnonzero(alert)
+            if len(rows):
+                sub = matrix if len(rows) == len(batch) else matrix[rows]
+                contributions = self.model.contributions(sub)
+                codes = format_reasons(self.features.names, sub, contributions, self.n_reasons)
+                for row, code in zip(rows.tolist(), codes, strict=True):
+                    reasons[row] = code
+        self.state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
+        return Scored(score, alert, reasons, matrix)

@@ -1,0 +1,279 @@
+"""Online feature state: the recent transactions of every customer and terminal.
+
+The windowed features of a transaction need the customer's and the terminal's transactions of
+the last ``spec.history_days`` days. :class:`OnlineState` is the interface the model server
+uses; :class:`InMemoryOnlineState` keeps per-entity numpy arrays in this process (one replica).
+Several replicas need one shared state: implement the same two methods over a shared store
+(e.g. Redis: one sorted set or packed array per customer and terminal, ``history_for`` as one
+pipelined ``MGET``/``ZRANGEBYSCORE`` round trip, ``append`` as one pipelined write).
+
+The state holds raw rows, not features: ``(time_ms, amount)`` per customer and
+``(time_ms, label)`` per terminal (label NaN while unknown, which it is for every scored
+transaction). Features are computed from them by :mod:`serving.features` with the training
+kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from components.features.windows import MS_PER_DAY
+from components.schema import LABEL
+
+__all__ = ["EntityRows", "History", "InMemoryOnlineState", "OnlineState"]
+
+
+@dataclass(frozen=True)
+class EntityRows:
+    """History rows of several entities, columnar.
+
+    Attributes:
+        group: For each row, the position of its entity in the ids asked for (int64).
+        time_ms: Milliseconds since 1970-01-01 UTC (int64).
+        value: Amount (customers) or fraud label, NaN if unknown (terminals); float64.
+    """
+
+    group: np.ndarray
+    time_ms: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def empty(cls) -> EntityRows:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+
+@dataclass(frozen=True)
+class History:
+    """What :meth:`OnlineState.history_for` returns: customer rows and terminal rows."""
+
+    customers: EntityRows
+    terminals: EntityRows
+
+
+@runtime_checkable
+class OnlineState(Protocol):
+    """The history behind the windowed features; shared by all replicas when it is remote."""
+
+    def history_for(
+        self, customer_ids: Sequence[str], terminal_ids: Sequence[str]
+    ) -> History:  # pragma: no cover - protocol
+        """Rows of these (distinct) customers and terminals; groups index into the lists."""
+        ...
+
+    def append(
+        self,
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        label: np.ndarray | None = None,
+    ) -> None:
+        n = len(customer_ids)
+        if n == 0:
+            return
+        times = np.asarray(time_ms, dtype=np.int64).tolist()
+        amounts = np.asarray(amount, dtype=np.float64).tolist()
+        labels = [math.nan] * n if label is None else np.asarray(label, np.float64).tolist()
+        self.watermark_ms = max(self.watermark_ms, max(times))
+        floor = self.floor_ms
+        add_customer, add_terminal = self.customers.add, self.terminals.add
+        for i in range(n):
+            add_customer(customer_ids[i], times[i], amounts[i], floor)
+            add_terminal(terminal_ids[i], times[i], labels[i], floor)
+        self.customers.prune(floor, self.sweep_per_append)
+        self.terminals.prune(floor, self.sweep_per_append)
+
+    def stats(self) -> dict[str, int]:  # pragma: no cover - protocol
+        """Sizes for metrics: ``customers``, ``terminals``, ``customer_rows``, ``terminal_rows``."""
+        ...
+
+
+class _Series:
+    """Rows of one entity sorted by time: compact C arrays that grow in place."""
+
+    __slots__ = ("time", "value")
+
+    def __init__(self) -> None:
+        self.time = array("q")
+        self.value = array("d")
+
+
+class _Table:
+    """Rows per entity id, pruned to a retention window."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, _Series] = {}
+        self.rows = 0
+        self._sweep: list[str] = []
+
+    def gather(self, ids: Sequence[str]) -> EntityRows:
+        times, values, lengths = [], [], []
+        get = self.series.get
+        for entity in ids:
+            s = get(entity)
+            if s is None:
+                lengths.append(0)
+                continue
+            times.append(np.frombuffer(s.time, np.int64))
+            values.append(np.frombuffer(s.value, np.float64))
+            lengths.append(len(s.time))
+        if not times:
+            return EntityRows.empty()
+        # copies: the arrays must not keep exporting the series' buffers (appends resize them)
+        t, v = np.concatenate(times), np.concatenate(values)
+        del times, values
+        group = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
+        return EntityRows(group, t, v)
+
+    def add(self, entity: str, time: int, value: float, floor_ms: int) -> None:
+        s = self.series.get(entity)
+        if s is None:
+            s = self.series[entity] = _Series()
+        if not s.time or time >= s.time[-1]:
+            s.time.append(time)
+            s.value.append(value)
+        else:  # a late arrival: keep the rows sorted
+            i = bisect_right(s.time, time)
+            s.time.insert(i, time)
+            s.value.insert(i, value)
+        self.rows += 1
+        if s.time[0] < floor_ms:
+            self._cut(entity, s, floor_ms)
+
+    def extend_sorted(self, entity: str, time: np.ndarray, value: np.ndarray) -> None:
+        """Bulk-add rows sorted by time, all after the entity's last row (seeding)."""
+        s = self.series.get(entity)
+        if s is None:
+            s = self.series[entity] = _Series()
+        elif s.time and time[0] < s.time[-1]:
+            for t, v in zip(time.tolist(), value.tolist(), strict=True):
+                self.add(entity, t, v, -(2**62))
+            return
+        s.time.frombytes(np.ascontiguousarray(time, np.int64).tobytes())
+        s.value.frombytes(np.ascontiguousarray(value, np.float64).tobytes())
+        self.rows += len(time)
+
+    def _cut(self, entity: str, s: _Series, floor_ms: int) -> None:
+        k = bisect_left(s.time, floor_ms)
+        if k >= len(s.time):
+            del self.series[entity]
+        else:
+            del s.time[:k]
+            del s.value[:k]
+        self.rows -= k
+
+    def prune(self, floor_ms: int, budget: int) -> None:
+        """Drop rows older than ``floor_ms`` from up to ``budget`` entities (round robin)."""
+        if not self._sweep:
+            self._sweep = list(self.series)
+        for _ in range(min(budget, len(self._sweep))):
+            entity = self._sweep.pop()
+            s = self.series.get(entity)
+            if s is not None and s.time[0] < floor_ms:
+                self._cut(entity, s, floor_ms)
+
+
+class InMemoryOnlineState:
+    """Per-customer and per-terminal arrays in this process, with bounded memory.
+
+    Each entity's rows live in two compact C arrays (``array.array``: 8 bytes a value, appends
+    in place); a request reads them as numpy arrays without a Python loop over rows.
+
+    Rows older than ``retention_days`` before the latest transaction seen (the watermark) are
+    dropped: on every append for the entities it touches, and for a few other entities per
+    append (a round-robin sweep), so idle entities are eventually removed too.
+
+    Args:
+        retention_days: How much history to keep; at least the feature spec's
+            ``history_days`` (the server uses ``history_days + 1`` for late arrivals).
+        sweep_per_append: Idle entities checked per append.
+    """
+
+    def __init__(self, retention_days: float, sweep_per_append: int = 8) -> None:
+        self.retention_ms = int(retention_days * MS_PER_DAY)
+        self.watermark_ms = 0
+        self.sweep_per_append = sweep_per_append
+        self.customers = _Table()
+        self.terminals = _Table()
+
+    @property
+    def floor_ms(self) -> int:
+        return self.watermark_ms - self.retention_ms
+
+    def history_for(self, customer_ids: Sequence[str], terminal_ids: Sequence[str]) -> History:
+        return History(self.customers.gather(customer_ids), self.terminals.gather(terminal_ids))
+
+    def append(
+        self,
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        label: np.ndarray | None = None,
+    ) -> None:
+        n = len(customer_ids)
+        if n == 0:
+            return
+        times = np.asarray(time_ms, dtype=np.int64).tolist()
+        amounts = np.asarray(amount, dtype=np.float64).tolist()
+        labels = [math.nan] * n if label is None else np.asarray(label, np.float64).tolist()
+        self.watermark_ms = max(self.watermark_ms, max(times))
+        floor = self.floor_ms
+        add_customer, add_terminal = self.customers.add, self.terminals.add
+        for i in range(n):
+            add_customer(customer_ids[i], times[i], amounts[i], floor)
+            add_terminal(terminal_ids[i], times[i], labels[i], floor)
+        self.customers.prune(floor, self.sweep_per_append)
+        self.terminals.prune(floor, self.sweep_per_append)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "customers": len(self.customers.series),
+            "terminals": len(self.terminals.series),
+            "customer_rows": self.customers.rows,
+            "terminal_rows": self.terminals.rows,
+        }
+
+    def load_frame(self, frame: pd.DataFrame) -> int:
+        """Add transactions from a frame (e.g. the bundle's ``online/snapshot.parquet``).
+
+        Needs ``timestamp``, ``customer_id``, ``terminal_id``, ``amount``; ``is_fraud`` when
+        known (blank labels stay unknown). Returns the number of rows read.
+        """
+        if frame.empty:
+            return 0
+        ts = pd.to_datetime(frame["timestamp"], utc=True)
+        time_ms = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+        labels = (
+            pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64)
+            if LABEL in frame.columns
+            else None
+        )
+        times = time_ms.to_numpy(np.int64)
+        if labels is None:
+            labels = np.full(len(frame), np.nan)
+        self.watermark_ms = max(self.watermark_ms, int(times.max()))
+        for table, ids, values in (
+            (self.customers, frame["customer_id"], frame["amount"].to_numpy(np.float64)),
+            (self.terminals, frame["terminal_id"], labels),
+        ):
+            codes, uniques = pd.factorize(ids.astype(str))
+            order = np.lexsort((times, codes))
+            bounds = np.flatnonzero(np.diff(codes[order])) + 1
+            for rows in np.split(order, bounds):
+                table.extend_sorted(str(uniques[codes[rows[0]]]), times[rows], values[rows])
+        floor = self.floor_ms
+        for table in (self.customers, self.terminals):
+            table.prune(floor, len(table.series))
+        return len(frame)

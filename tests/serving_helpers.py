@@ -1,0 +1,276 @@
+"""Helpers for the serving tests: a tiny model trained and registered inside the test session.
+
+The bundle comes from the real pipeline step functions (``components/steps``), run in-process
+into a :class:`~components.store.LocalStore`, as ``tests/test_pipeline.py`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from components.frames import write_table
+from components.generator import GeneratorConfig, generate_transactions
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = "import typer; from fraudops.cli_serve import serve; typer.run(serve)"
+MODEL = "fraud"
+CONFIG = GeneratorConfig(n_customers=300, n_terminals=600, n_days=45, seed=5)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A registered bundle and the data it was trained on."""
+
+    store: Path
+    name: str
+    version: str
+    data: pd.DataFrame
+    """The validated training data (canonical, typed)."""
+
+
+def train_tiny_model(folder: Path, name: str = MODEL, seed: int = 42) -> TrainedModel:
+    """Generate data, run the pipeline's step functions, register into ``folder/store``."""
+    from components.steps.evaluate import evaluate_step
+    from components.steps.features import features_step
+    from components.steps.gate import gate_step
+    from components.steps.register import register_step
+    from components.steps.split import split_step
+    from components.steps.train import train_step
+    from components.steps.validate import validate_step
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = write_table(generate_transactions(CONFIG), folder / "train.parquet")
+    store = folder / "store"
+    p = {
+        n: str(folder / n)
+        for n in (
+            "accepted.parquet",
+            "report.json",
+            "q.csv",
+            "features.parquet",
+            "spec.json",
+            "train.parquet",
+            "valid.parquet",
+            "test.parquet",
+            "windows.json",
+            "model",
+            "info.json",
+            "metrics.json",
+            "threshold.json",
+            "plots",
+            "scores.parquet",
+            "gate.json",
+        )
+    }
+    validate_step(str(data), "", 0.05, p["accepted.parquet"], p["report.json"], p["q.csv"])
+    features_step(p["accepted.parquet"], 7.0, [], p["features.parquet"], p["spec.json"])
+    split_step(
+        p["features.parquet"],
+        {"test_days": 7, "valid_days": 7, "gap_days": 7, "burn_in_days": 7},
+        p["train.parquet"],
+        p["valid.parquet"],
+        p["test.parquet"],
+        p["windows.json"],
+    )
+    train_step(
+        p["train.parquet"],
+        p["valid.parquet"],
+        p["spec.json"],
+        {"seed": seed, "class_weighting": "sqrt", "n_jobs": 1, "params": {"n_estimators": 120}},
+        p["model"],
+        p["info.json"],
+    )
+    evaluate_step(
+        p["model"],
+        p["valid.parquet"],
+        p["test.parquet"],
+        p["spec.json"],
+        "alert_budget:20",
+        50,
+        p["metrics.json"],
+        p["threshold.json"],
+        p["plots"],
+        p["scores.parquet"],
+    )
+    gate_step(
+        p["metrics.json"],
+        p["accepted.parquet"],
+        p["windows.json"],
+        str(store),
+        name,
+        0.005,
+        p["gate.json"],
+    )
+    result = register_step(
+        p["model"],
+        p["spec.json"],
+        p["metrics.json"],
+        p["threshold.json"],
+        p["plots"],
+        p["accepted.parquet"],
+        p["features.parquet"],
+        p["windows.json"],
+        p["gate.json"],
+        p["info.json"],
+        p["report.json"],
+        str(store),
+        name,
+    )
+    return TrainedModel(store, name, result["version"], pd.read_parquet(p["accepted.parquet"]))
+
+
+_TRAINED: dict[str, TrainedModel] = {}
+
+
+def shared_model(tmp_path_factory, name: str = MODEL) -> TrainedModel:
+    """One tiny model per test session (training takes seconds), shared by the test modules."""
+    if name not in _TRAINED:
+        _TRAINED[name] = train_tiny_model(tmp_path_factory.mktemp(f"model-{name}"), name=name)
+    return _TRAINED[name]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A real ``python -m <module>`` process on a free loopback port.
+
+    Args:
+        module: ``serving``, ``serving.echo`` (KServe servers: ``--http_port``/``--grpc_port``
+            are added), ``serving.log_sink`` (``--port``) or ``fraudops serve`` (the CLI
+            command, ``--http-port``).
+        args: Further arguments.
+        log: File receiving the process' stdout and stderr.
+        env: Extra environment variables.
+        ready_path: GET path answering 200 once the process is ready.
+    """
+
+    def __init__(
+        self,
+        module: str,
+        args: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/v2/health/ready",
+    ) -> None:
+        self.http_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.log = log
+        self._fh = log.open("wb")
+        if module == "serving.log_sink":
+            command = ["-m", module, "--port", str(self.http_port)]
+        elif module == "fraudops serve":  # the CLI command, as `fraudops serve` will run it
+            command = ["-c", CLI, "--http-port", str(self.http_port)]
+        else:
+            command = ["-m", module, "--http_port", str(self.http_port)]
+            command += ["--grpc_port", str(free_port())]
+        full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, *command, *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+        )
+        self.ready_path = ready_path
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        if not self._fh.closed:
+            self._fh.flush()
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait; SIGKILL if it does not stop. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._fh.close()
+        return self.proc.returncode
+
+
+CONTEXT = (
+    "transaction_type",
+    "channel",
+    "account_type",
+    "merchant_category",
+    "account_balance",
+    "account_age_days",
+)
+
+
+def later_transactions(n: int, seed: int = 6, start: str = "2026-05-16") -> pd.DataFrame:
+    """Transactions right after the training data (same customer/terminal ids), in time order."""
+    frame = generate_transactions(
+        GeneratorConfig(n_customers=300, n_terminals=600, n_days=2, seed=seed, start_date=start)
+    )
+    frame = frame.drop(columns=["is_fraud", "label_known_at", "fraud_scenario"])
+    return frame.sort_values("timestamp", kind="stable").head(n).reset_index(drop=True)
+
+
+def instance(row: pd.Series | dict) -> dict:
+    """A V1 transaction object from a canonical row (missing context fields left out)."""
+    row = dict(row)
+    out = {
+        "transaction_id": str(row["transaction_id"]),
+        "timestamp": pd.Timestamp(row["timestamp"]).isoformat().replace("+00:00", "Z"),
+        "customer_id": str(row["customer_id"]),
+        "terminal_id": str(row["terminal_id"]),
+        "amount": float(row["amount"]),
+    }
+    for name in CONTEXT:
+        value = row.get(name)
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            continue
+        out[name] = value if isinstance(value, str) else float(value)
+    return out
+
+
+def tensors(instances: list[dict]) -> list[dict]:
+    """V2 JSON input tensors (one per field) for V1 transaction objects."""
+    names = ["transaction_id", "timestamp", "customer_id", "terminal_id", "amount", *CONTEXT]
+    out = []
+    for name in names:
+        values = [i.get(name) for i in instances]
+        numeric = name in ("amount", "account_balance", "account_age_days")
+        if not numeric:
+            values = ["" if v is None else v for v in values]
+        out.append(
+            {
+                "name": name,
+                "shape": [len(values)],
+                "datatype": "FP64" if numeric else "BYTES",
+                "data": values,
+            }
+        )
+    return out

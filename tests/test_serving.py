@@ -1,0 +1,629 @@
+"""The model server as a real process on loopback: scoring, errors, metrics, log, log sink.
+
+One server (``python -m serving``) loads a tiny bundle trained in this module from an S3 store
+(moto's S3 server on 127.0.0.1) and writes its inference log there. Clients are KServe's own
+REST client (V1) and the Open Inference Protocol client of ``tritonclient.http`` (V2); scores,
+decisions, reason codes and the logged features are compared with batch scoring of the same
+transactions. Other processes: a server stopped with SIGTERM (records in = records stored), a
+server refusing a tampered bundle, and the KServe-logger sink fed with real CloudEvents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.http as triton
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kserve import InferenceRESTClient, RESTConfig
+from kserve.protocol.infer_type import InferInput, InferRequest
+from prometheus_client.parser import text_string_to_metric_families
+from serving_helpers import (
+    ROOT,
+    ServerProcess,
+    free_port,
+    instance,
+    later_transactions,
+    shared_model,
+    tensors,
+)
+
+from components.bundle import fetch_bundle
+from components.features import compute_features
+from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE, read_records
+from components.scoring import reason_codes
+from components.store import LocalStore, open_store
+
+MODEL = "fraud"
+MAX_BATCH = 64
+MAX_BODY = 1_000_000
+BUCKET = "s3://fraudops-serving/registry"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return shared_model(tmp_path_factory, MODEL)
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory):
+    store = LocalStore(trained.store)
+    return fetch_bundle(store, MODEL, "champion", tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="module")
+def s3_store(trained, s3_env):
+    """The registered bundle copied into an S3 bucket (moto on loopback)."""
+    source = LocalStore(trained.store)
+    target = open_store(BUCKET, env=s3_env)
+    for key in source.list(f"models/{MODEL}/"):
+        target.put_bytes(key, source.get_bytes(key))
+    return target
+
+
+@pytest.fixture(scope="module")
+def server(s3_store, s3_env, tmp_path_factory):
+    proc = ServerProcess(
+        "serving",
+        [
+            "--model_uri",
+            f"{BUCKET}#{MODEL}:champion",
+            "--host",
+            "127.0.0.1",
+            "--log_flush_interval",
+            "0.3",
+            "--log_features",
+            "true",
+            "--max_batch",
+            str(MAX_BATCH),
+            "--max_body_bytes",
+            str(MAX_BODY),
+            "--bundle_dir",
+            str(tmp_path_factory.mktemp("bundles")),
+        ],
+        tmp_path_factory.mktemp("logs") / "server.log",
+        env=s3_env,
+        ready_path=f"/v1/models/{MODEL}",
+    )
+    try:
+        proc.wait_ready(90)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _valid(tag: str = "", amount: float = 20.0) -> dict:
+    """A valid transaction of a customer and terminal outside the data (no effect on others)."""
+    return {
+        "transaction_id": f"z-{tag}-{uuid.uuid4().hex[:10]}",
+        "timestamp": "2026-05-16T00:00:00Z",
+        "customer_id": "ZC-1",
+        "terminal_id": "ZT-1",
+        "amount": amount,
+    }
+
+
+def _post(server, path: str, body, content_type: str = "application/json", **headers):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        server.url + path,
+        content=data,
+        headers={"content-type": content_type, **headers},
+        timeout=30,
+    )
+
+
+V1 = f"/v1/models/{MODEL}:predict"
+V2 = f"/v2/models/{MODEL}/infer"
+
+
+# -- scoring ------------------------------------------------------------------------------
+
+
+def _v1_requests(server, bodies: list[dict]) -> list[dict]:
+    async def run():
+        client = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
+        try:
+            return [await client.infer(server.url, body, model_name=MODEL) for body in bodies]
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def _v2_request(client, instances: list[dict], binary: bool) -> dict:
+    inputs = []
+    for t in tensors(instances):
+        tensor = triton.InferInput(t["name"], t["shape"], t["datatype"])
+        if t["datatype"] == "BYTES":
+            values = np.array([v.encode() for v in t["data"]], dtype=np.object_)
+        else:
+            values = np.array([np.nan if v is None else v for v in t["data"]], dtype=np.float64)
+            if np.isnan(values).any():
+                continue  # leave out an optional numeric field some transactions lack
+        tensor.set_data_from_numpy(values, binary_data=binary)
+        inputs.append(tensor)
+    outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("score", "reasons")]
+    outputs.append(triton.InferRequestedOutput("decision", binary_data=False))
+    outputs.append(triton.InferRequestedOutput("transaction_id", binary_data=binary))
+    result = client.infer(MODEL, inputs, outputs=outputs)
+    reasons = result.as_numpy("reasons")
+    return {
+        "transaction_id": [_s(v) for v in result.as_numpy("transaction_id")],
+        "score": result.as_numpy("score").tolist(),
+        "decision": [_s(v) for v in result.as_numpy("decision")],
+        "reasons": [[_s(c) for c in row if _s(c)] for row in reasons],
+        "model_version": result.get_response()["model_version"],
+    }
+
+
+def _s(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_v1_and_v2_one_by_one_and_in_batches_match_batch_scoring(server, bundle, s3_store):
+    new = later_transactions(260)
+    rows = [instance(r) for r in new.to_dict("records")]
+    # one by one in time order: 120 over V1 (KServe's client), 60 over V2 (tritonclient,
+    # binary and JSON tensors), then a V1 batch of 40 and a V2 batch of 40
+    got: list[dict] = []
+    for response in _v1_requests(server, [{"instances": [r]} for r in rows[:120]]):
+        assert response["model_name"] == MODEL
+        got += response["predictions"]
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        assert client.is_model_ready(MODEL)
+        for i, row in enumerate(rows[120:180]):
+            out = _v2_request(client, [row], binary=i % 2 == 0)
+            got.append({k: v[0] if k != "model_version" else v for k, v in out.items()})
+        (batch,) = _v1_requests(server, [{"instances": rows[180:220]}])
+        got += batch["predictions"]
+        out = _v2_request(client, rows[220:260], binary=True)
+        got += [
+            {"transaction_id": t, "score": s, "decision": d, "reasons": r, "model_version": "v1"}
+            for t, s, d, r in zip(
+                out["transaction_id"], out["score"], out["decision"], out["reasons"], strict=True
+            )
+        ]
+    finally:
+        client.close()
+
+    spec, model = bundle.spec(), bundle.model()
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    features = compute_features(new, spec, history=snapshot)
+    expected_scores = model.predict(features)
+    threshold = bundle.threshold()["threshold"]
+    served = pd.DataFrame(got)
+    assert served["transaction_id"].tolist() == new["transaction_id"].tolist()
+    assert set(served["model_version"]) == {bundle.version}
+    np.testing.assert_allclose(served["score"], expected_scores, rtol=1e-6)
+    assert (served["decision"] == np.where(expected_scores >= threshold, "alert", "pass")).all()
+    assert served["reasons"].tolist() == reason_codes(model, features, 3)
+    assert (served["decision"] == "alert").any() and (served["decision"] == "pass").any()
+
+    # the features the server logged are the batch features
+    ids = set(new["transaction_id"])
+    deadline = time.monotonic() + 20
+    while True:
+        records = [
+            r
+            for r in read_records(s3_store, MODEL, bundle.version)
+            if r["transaction"]["transaction_id"] in ids
+        ]
+        if len(records) >= len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(records) == len(ids)
+    logged = pd.DataFrame(
+        [r["features"] for r in records],
+        index=[r["transaction"]["transaction_id"] for r in records],
+    ).loc[new["transaction_id"], model.feature_names]
+    np.testing.assert_allclose(
+        logged.to_numpy(dtype=np.float64),
+        features[model.feature_names].to_numpy(dtype=np.float64),
+        rtol=1e-6,
+        equal_nan=True,
+    )
+    protocols = {r["transaction"]["transaction_id"]: r["protocol"] for r in records}
+    assert protocols[rows[0]["transaction_id"]] == "v1"
+    assert protocols[rows[150]["transaction_id"]] == "v2"
+
+
+def test_v2_metadata_lists_every_input_and_output(server):
+    meta = httpx.get(f"{server.url}/v2/models/{MODEL}", timeout=10).json()
+    inputs = {i["name"]: i["datatype"] for i in meta["inputs"]}
+    assert inputs["amount"] == "FP64" and inputs["timestamp"] == "BYTES"
+    assert {"transaction_id", "customer_id", "terminal_id", "channel"} <= set(inputs)
+    outputs = {o["name"]: o["shape"] for o in meta["outputs"]}
+    assert outputs == {"transaction_id": [-1], "score": [-1], "decision": [-1], "reasons": [-1, 3]}
+    assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).json() == {"ready": True}
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "status", "expected"),
+    [
+        (V1, b'{"instances": [', "application/json", 400, "Unrecognized request format"),
+        (V1, b'{"instances": [NaN]}', "application/json", 400, "Unrecognized request format"),
+        (V1, b"\xff\xfe", "application/json", 400, "Unrecognized request format"),
+        (V1, {"instances": []}, "application/json", 400, '"instances" is empty'),
+        (V1, {"instances": [_valid()] * (MAX_BATCH + 1)}, "application/json", 413, "limit is 64"),
+        (V1, {"instances": [_valid()]}, "text/plain", 415, "unsupported content type"),
+        (V1, {"instances": [_valid()]}, "application/x-www-form-urlencoded", 415, "must be"),
+        (V1, {"instances": [{**_valid(), "amount": -3}]}, "application/json", 400, "amount"),
+        (V1, b'{"instances": [' + b" " * MAX_BODY + b"]}", "application/json", 413, "too large"),
+        (V2, b'{"inputs": [', "application/json", 400, "JSON"),
+        (V2, {"inputs": [{"name": "amount"}]}, "application/json", 400, "inputs.0.shape"),
+        (V2, {"inputs": []}, "application/json", 400, "no input tensors"),
+        (V2, {"inputs": tensors([_valid()])}, "text/csv", 415, "application/octet-stream"),
+        (V2, b'{"a": 1}', "application/octet-stream", 400, "inference-header-content-length"),
+        ("/v1/models/nope:predict", {"instances": [_valid()]}, "application/json", 404, "nope"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(server, path, body, content_type, status, expected):
+    response = _post(server, path, body, content_type)
+    assert response.status_code == status, response.text
+    assert expected in response.json()["error"]
+
+
+def test_malformed_binary_v2_header_is_a_400_not_a_500(server):
+    response = _post(
+        server,
+        V2,
+        b'{"a": 1}',
+        "application/octet-stream",
+        **{"inference-header-content-length": "x"},
+    )
+    assert (
+        response.status_code == 400 and "could not decode the request" in response.json()["error"]
+    )
+
+
+NOT_TEXT = st.one_of(
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+NOT_NUMBER = st.one_of(
+    st.booleans(),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+NEGATIVE = st.floats(allow_nan=False, allow_infinity=False, max_value=-0.001)
+WRONG = {
+    "transaction_id": NOT_TEXT | st.sampled_from(["", "   ", "x" * 300]),
+    "customer_id": NOT_TEXT | st.none() | st.just(""),
+    "terminal_id": NOT_TEXT | st.none() | st.just(" "),
+    "amount": NOT_NUMBER | st.none() | NEGATIVE,
+    "account_balance": NOT_NUMBER,
+    "account_age_days": NOT_NUMBER | NEGATIVE,
+    "channel": NOT_TEXT
+    | st.text(min_size=1, max_size=10).filter(
+        lambda s: s.strip().lower() not in ("", "pos", "online", "atm", "mobile")
+    ),
+    "transaction_type": NOT_TEXT | st.sampled_from(["refund", "gift"]),
+    "merchant_category": NOT_TEXT,
+    "timestamp": NOT_TEXT
+    | st.none()
+    | st.sampled_from(
+        ["", "2026-13-01T00:00:00Z", "tomorrow", "2999-01-01T00:00:00Z", "1900-01-01"]
+    ),
+}
+
+
+@st.composite
+def bad_v1(draw):
+    """A V1 body with at least one broken transaction, and what the error must mention."""
+    n = draw(st.integers(1, 5))
+    rows = [_valid(str(i)) for i in range(n)]
+    index = draw(st.integers(0, n - 1))
+    how = draw(st.sampled_from(["drop", "unknown", "wrong", "wrong", "nonfinite"]))
+    if how == "drop":
+        field = draw(
+            st.sampled_from(["transaction_id", "timestamp", "customer_id", "terminal_id", "amount"])
+        )
+        del rows[index][field]
+        return {"instances": rows}, [f"instance {index}: {field}"]
+    if how == "unknown":
+        field = draw(st.text("abcxyz_", min_size=1, max_size=8).filter(lambda f: f not in WRONG))
+        rows[index][field] = draw(NOT_TEXT)
+        return {"instances": rows}, [f"instance {index}: unknown field {field!r}"]
+    if how == "nonfinite":
+        text = json.dumps({"instances": rows}).replace('"amount": 20.0', '"amount": 1e999', 1)
+        return text.encode(), ["infinity"]
+    field = draw(st.sampled_from(sorted(WRONG)))
+    rows[index][field] = draw(WRONG[field])
+    return {"instances": rows}, [f"instance {index}: {field}"]
+
+
+@st.composite
+def bad_v2(draw):
+    rows = [_valid(str(i)) for i in range(draw(st.integers(1, 4)))]
+    inputs = tensors(rows)[:5]
+    i = draw(st.integers(0, len(inputs) - 1))
+    name = inputs[i]["name"]
+    how = draw(st.sampled_from(["datatype", "shape", "data", "drop", "value"]))
+    if how == "datatype":
+        inputs[i]["datatype"] = draw(
+            st.sampled_from(["BOOL", "FP64", "BYTES", "INT8"]).filter(
+                lambda d: d != inputs[i]["datatype"] and not (d == "INT8" and name == "amount")
+            )
+        )
+    elif how == "shape":
+        inputs[i]["shape"] = draw(
+            st.lists(st.integers(0, 9), min_size=0, max_size=3).filter(
+                lambda s: s not in ([len(rows)], [len(rows), 1])
+            )
+        )
+    elif how == "data":
+        inputs[i]["data"] = inputs[i]["data"] + inputs[i]["data"][:1]
+    elif how == "drop":
+        inputs.pop(i)
+        return {"inputs": inputs}, [name, "missing"]
+    else:
+        inputs[i]["data"][0] = draw(
+            st.sampled_from([-1.0, True, "", None, [1, 2]])
+            if name == "amount"
+            else st.sampled_from([5, None, "", True])
+        )
+    return {"inputs": inputs}, [name]
+
+
+@settings(max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(bad_v1().map(lambda b: (V1, *b)), bad_v2().map(lambda b: (V2, *b))))
+def test_fuzzed_bad_requests_never_get_a_5xx_and_say_what_is_wrong(server, case):
+    path, body, mentions = case
+    response = _post(server, path, body)
+    assert 400 <= response.status_code < 500, response.text
+    message = response.json()["error"]
+    for word in mentions:
+        assert word in message, (word, message)
+
+
+def test_server_keeps_serving_after_bad_requests(server):
+    for body in (b"{", b"[]", b'{"instances": 5}', b"\x00" * 100):
+        assert _post(server, V1, body).status_code == 400
+    response = _post(server, V1, {"instances": [_valid("after")]})
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["decision"] in ("alert", "pass")
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def _metrics(server) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _value(metrics, name, **labels) -> float:
+    return sum(
+        v
+        for (n, ls), v in metrics.items()
+        if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
+    )
+
+
+def test_metrics_are_scraped_from_the_server(server):
+    before = _metrics(server)
+    rows = [_valid(f"m{i}", amount=10.0 + i) for i in range(5)]
+    assert _post(server, V1, {"instances": rows}).status_code == 200
+    assert _post(server, V2, {"inputs": tensors(rows[:1])}).status_code == 200
+    assert _post(server, V1, {"instances": [{**rows[0], "amount": "x"}]}).status_code == 400
+    assert _post(server, V1, b"{}", "text/plain").status_code == 415
+    after = _metrics(server)
+
+    def delta(name, **labels):
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    common = {"model": MODEL, "version": "v1"}
+    assert delta("fraudops_serving_transactions_total", protocol="v1", **common) == 5
+    assert delta("fraudops_serving_transactions_total", protocol="v2", **common) == 1
+    assert delta("fraudops_serving_requests_total", protocol="v1", code="200", **common) == 1
+    assert delta("fraudops_serving_requests_total", protocol="v1", code="400", **common) == 1
+    assert delta("fraudops_serving_request_duration_seconds_count", protocol="v2", **common) == 1
+    assert delta("fraudops_serving_errors_total", kind="invalid_input", protocol="v1") == 1
+    assert delta("fraudops_serving_errors_total", kind="unsupported_media_type") == 1
+    assert delta("fraudops_serving_score_count", **common) == 6
+    assert _value(after, "fraudops_serving_score_bucket", le="+Inf", **common) == _value(
+        after, "fraudops_serving_transactions_total", **common
+    )
+    assert _value(after, "fraudops_serving_alerts_total", **common) >= 0
+    assert _value(after, "fraudops_online_state_rows", kind="customer") > 20_000
+    assert ("fraudops_inference_log_queued", ()) in after
+    assert _value(after, "fraudops_inference_log_dropped_total") == 0
+    assert _value(after, "request_predict_seconds_count", model_name=MODEL) > 0  # KServe's own
+
+
+# -- shutdown, bad bundle -----------------------------------------------------------------
+
+
+def test_sigterm_writes_every_record_before_exiting(trained, tmp_path):
+    log_store = tmp_path / "log"
+    proc = ServerProcess(  # started through the CLI command `fraudops serve`
+        "fraudops serve",
+        [
+            "--model",
+            MODEL,
+            "--store",
+            str(trained.store),
+            "--log-store",
+            str(log_store),
+            "--",
+            "--log_flush_interval",
+            "600",  # nothing is written before the shutdown
+        ],
+        tmp_path / "server.log",
+    )
+    try:
+        proc.wait_ready(90)
+        rows = [instance(r) for r in later_transactions(60, seed=8).to_dict("records")]
+        with httpx.Client(base_url=proc.url, timeout=30) as client:
+            for row in rows[:30]:
+                assert client.post(V1, json={"instances": [row]}).status_code == 200
+            assert client.post(V1, json={"instances": rows[30:45]}).status_code == 200
+            assert client.post(V2, json={"inputs": tensors(rows[45:])}).status_code == 200
+        assert not read_records(LocalStore(log_store), MODEL)
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.output()
+    records = read_records(LocalStore(log_store), MODEL)
+    assert len(records) == len(rows)
+    assert sorted(r["transaction"]["transaction_id"] for r in records) == sorted(
+        r["transaction_id"] for r in rows
+    )
+    assert len({r["id"] for r in records}) == len(rows)
+
+
+def test_a_tampered_bundle_is_refused_with_the_reason(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.folder, copy)
+    (copy / "model" / "model.json").write_bytes(b"{}")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model_uri",
+            str(copy),
+            "--http_port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "model not ready" in result.stderr and "model/model.json has sha256" in result.stderr
+
+
+# -- the log sink -------------------------------------------------------------------------
+
+
+def _binary_v2(rows: list[dict]) -> tuple[bytes, int]:
+    inputs = []
+    for t in tensors(rows)[:5]:
+        dtype = np.float64 if t["datatype"] == "FP64" else np.object_
+        tensor = InferInput(t["name"], t["shape"], t["datatype"])
+        tensor.set_data_from_numpy(np.array(t["data"], dtype=dtype), binary_data=True)
+        inputs.append(tensor)
+    request = InferRequest(MODEL, inputs, parameters={"binary_data_output": True})
+    body, length = request.to_rest()
+    return body, length
+
+
+def _logger_headers(eid: str, kind: str, content_type: str, when: datetime) -> dict[str, str]:
+    return {
+        "ce-id": eid,
+        "ce-type": kind,
+        "ce-source": "http://localhost:9081/",
+        "ce-specversion": "1.0",
+        "ce-time": when.isoformat().replace("+00:00", "Z"),
+        "ce-inferenceservicename": MODEL,
+        "ce-namespace": "fraud",
+        "ce-component": "predictor",
+        "ce-endpoint": "default",
+        "ce-metadata": "{}",
+        "content-type": content_type,
+    }
+
+
+def test_log_sink_turns_kserve_logger_events_into_the_same_records(server, s3_store, tmp_path):
+    # real scoring requests, with the id KServe's logger would give them
+    exchanges = []
+    rows = [_valid(f"sink{i}", amount=30.0 + i) for i in range(6)]
+    cases = [
+        ({"instances": rows[:1]}, "application/json", {}),
+        ({"instances": rows[1:3]}, "application/json", {}),
+        ({"inputs": tensors(rows[3:4])}, "application/json", {}),
+    ]
+    body, length = _binary_v2(rows[4:6])
+    cases.append(
+        (body, "application/octet-stream", {"inference-header-content-length": str(length)})
+    )
+    for payload, content_type, extra in cases:
+        eid = uuid.uuid4().hex
+        path = V2 if content_type != "application/json" or "inputs" in payload else V1
+        response = _post(server, path, payload, content_type, **{"ce-id": eid}, **extra)
+        assert response.status_code == 200, response.text
+        request_body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        exchanges.append((eid, request_body, response.content, content_type))
+
+    sink_store = tmp_path / "sink-store"
+    sink = ServerProcess(
+        "serving.log_sink",
+        ["--store", str(sink_store), "--host", "127.0.0.1", "--flush_interval", "600"],
+        tmp_path / "sink.log",
+        ready_path="/healthz",
+    )
+    try:
+        sink.wait_ready(60)
+        t0 = datetime.now(UTC)
+        with httpx.Client(base_url=sink.url, timeout=30) as client:
+            for k, (eid, request_body, response_body, content_type) in enumerate(exchanges):
+                events = [
+                    (REQUEST_TYPE, request_body, t0),
+                    (RESPONSE_TYPE, response_body, t0 + timedelta(milliseconds=4)),
+                ]
+                if k % 2:
+                    events.reverse()  # the logger's workers do not keep the order
+                for kind, data, when in events:
+                    answer = client.post(
+                        "/", content=data, headers=_logger_headers(eid, kind, content_type, when)
+                    )
+                    assert answer.status_code in (200, 202), answer.text
+            orphan = client.post(
+                "/",
+                content=json.dumps({"instances": [_valid("orphan")]}).encode(),
+                headers=_logger_headers("orphan", REQUEST_TYPE, "application/json", t0),
+            )
+            assert orphan.status_code == 202
+            bad = client.post("/", content=b"{}", headers={"content-type": "application/json"})
+            assert bad.status_code == 400 and "error" in bad.json()
+            metrics = client.get("/metrics").text
+            assert (
+                'fraudops_log_sink_events_total{outcome="paired",type="response"}' in metrics
+                or ("fraudops_log_sink_events_total" in metrics)
+            )
+    finally:
+        code = sink.stop()
+    assert code == 0, sink.output()
+
+    from_sink = {r["id"]: r for r in read_records(LocalStore(sink_store), MODEL)}
+    ids = [e[0] for e in exchanges]
+    expected_ids = {ids[0], f"{ids[1]}-0", f"{ids[1]}-1", ids[2], f"{ids[3]}-0", f"{ids[3]}-1"}
+    assert set(from_sink) == expected_ids
+    deadline = time.monotonic() + 20
+    while True:
+        from_server = {r["id"]: r for r in read_records(s3_store, MODEL) if r["id"] in expected_ids}
+        if len(from_server) == len(expected_ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    ignore = {"time", "latency_ms", "source", "features"}
+    for eid in expected_ids:
+        mine = {k: v for k, v in from_sink[eid].items() if k not in ignore}
+        theirs = {k: v for k, v in from_server[eid].items() if k not in ignore}
+        assert mine == theirs, eid
+        assert from_sink[eid]["source"] == "http://localhost:9081/"
+        assert from_sink[eid]["latency_ms"] == pytest.approx(4.0)

@@ -1,0 +1,464 @@
+"""Serving building blocks in-process: validation, online state and features, log writer, sink.
+
+The real server process is tested in ``test_serving.py``; here each part runs on its own with
+real inputs (a tiny trained bundle, a local store, generated transactions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from serving_helpers import instance, later_transactions, shared_model, tensors
+
+from components.bundle import Bundle, fetch_bundle
+from components.features import compute_features
+from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE, make_record, read_records
+from components.scoring import reason_codes
+from components.store import LocalStore
+from serving.errors import InvalidTransactions, PayloadTooLarge, ServingError
+from serving.features import OnlineFeatures
+from serving.log_sink import Event, EventPairer, records_from_pair
+from serving.log_writer import InferenceLogWriter, LogEntry, prebuilt
+from serving.metrics import ArrayHistogram, ServingMetrics
+from serving.model import FraudDetector, ServingConfig
+from serving.scorer import format_reasons
+from serving.source import parse_model_uri
+from serving.state import InMemoryOnlineState
+from serving.transactions import TransactionSchema, from_instances, from_tensors
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+SCHEMA = TransactionSchema(max_batch=50)
+GOOD = {
+    "transaction_id": "t-1",
+    "timestamp": "2026-05-16T10:00:00Z",
+    "customer_id": "C000001",
+    "terminal_id": "T000002",
+    "amount": 12.5,
+    "channel": "Online ",
+    "account_balance": 100.0,
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Bundle:
+    trained = shared_model(tmp_path_factory)
+    store = LocalStore(trained.store)
+    return fetch_bundle(store, trained.name, "champion", tmp_path_factory.mktemp("fetched"))
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def _v1(*instances, **kw):
+    return from_instances({"instances": list(instances)}, SCHEMA, now=kw.get("now", NOW))
+
+
+def test_v1_transactions_are_normalised_like_batch_validation():
+    batch = _v1(GOOD, {**GOOD, "transaction_id": " t-2 ", "timestamp": "2026-05-16T12:00:00+02:00"})
+    assert batch.transaction_id == ["t-1", "t-2"]
+    assert (
+        batch.time_ms.tolist() == [int(pd.Timestamp("2026-05-16T10:00:00Z").value // 1_000_000)] * 2
+    )
+    assert batch.categorical["channel"] == ["online", "online"]
+    assert math.isnan(batch.numeric["account_age_days"][0])
+    assert batch.transaction(0) == {**GOOD, "channel": "online"}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"amount": -5}, "instance 1: amount: must be >= 0, got -5"),
+        ({"amount": "12"}, "instance 1: amount: must be a number, got string"),
+        ({"amount": True}, "instance 1: amount: must be a number, got boolean"),
+        ({"amount": float("nan")}, "instance 1: amount: not a finite number (nan)"),
+        ({"account_balance": float("inf")}, "instance 1: account_balance: not a finite number"),
+        ({"account_age_days": -1.0}, "instance 1: account_age_days: must be >= 0"),
+        ({"amount": None}, "instance 1: amount: missing (required)"),
+        ({"customer_id": "  "}, "instance 1: customer_id: missing (required)"),
+        ({"customer_id": 7}, "instance 1: customer_id: must be a string, got integer"),
+        ({"terminal_id": "x" * 300}, "instance 1: terminal_id: longer than 256 characters"),
+        ({"timestamp": "yesterday"}, "instance 1: timestamp: not an ISO 8601 date-time"),
+        ({"timestamp": 1715850000}, "instance 1: timestamp: must be an ISO 8601 string"),
+        ({"timestamp": "2026-06-02T00:00:00Z"}, "instance 1: timestamp: in the future"),
+        ({"timestamp": "1960-01-01T00:00:00Z"}, "instance 1: timestamp: before 1970"),
+        ({"channel": "pigeon"}, "instance 1: channel: 'pigeon' is not one of"),
+        ({"merchant_category": 3}, "instance 1: merchant_category: must be a string"),
+        ({"colour": "red"}, "instance 1: unknown field 'colour'"),
+        ({"is_fraud": 1}, "instance 1: 'is_fraud' is a label field"),
+        ({"transaction_id": "t-1"}, "instance 1: transaction_id: duplicate 't-1'"),
+    ],
+)
+def test_each_v1_problem_names_the_instance_the_field_and_the_problem(change, expected):
+    with pytest.raises(InvalidTransactions) as info:
+        _v1(GOOD, {**GOOD, "transaction_id": "t-2", **change})
+    assert expected in str(info.value)
+    assert info.value.status == 400
+
+
+def test_problems_are_collected_over_the_whole_request():
+    bad = {**GOOD, "amount": -1, "timestamp": "nope"}
+    with pytest.raises(InvalidTransactions) as info:
+        _v1(bad, {k: v for k, v in GOOD.items() if k != "customer_id"} | {"transaction_id": "x"})
+    text = str(info.value)
+    for part in (
+        "instance 0: amount",
+        "instance 0: timestamp",
+        "instance 1: customer_id: missing",
+    ):
+        assert part in text
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected", "error"),
+    [
+        ({"instances": []}, '"instances" is empty', InvalidTransactions),
+        ({"instances": [GOOD] * 51}, "51 in one request; the limit is 50", PayloadTooLarge),
+        ([GOOD], "must be a JSON object", InvalidTransactions),
+        ({"instances": {"a": 1}}, '"instances" must be an array, got object', InvalidTransactions),
+        ({"instance": [GOOD]}, "unknown top-level key(s) ['instance']", InvalidTransactions),
+        ({"instances": [GOOD, 5]}, "instance 1: must be a transaction object", InvalidTransactions),
+    ],
+)
+def test_malformed_v1_bodies(payload, expected, error):
+    with pytest.raises(error) as info:
+        from_instances(payload, SCHEMA, now=NOW)
+    assert expected in str(info.value)
+
+
+class _Tensor:
+    """The attributes of kserve's InferInput that from_tensors reads."""
+
+    def __init__(self, name, datatype, shape, data):
+        self.name, self.datatype, self.shape, self.data = name, datatype, shape, data
+
+
+def _inputs(instances):
+    return [_Tensor(t["name"], t["datatype"], t["shape"], t["data"]) for t in tensors(instances)]
+
+
+def test_v2_tensors_give_the_same_batch_as_v1_objects():
+    rows = [GOOD, {**GOOD, "transaction_id": "t-2", "channel": None, "account_balance": None}]
+    v1 = _v1(*rows)
+    v2 = from_tensors(_inputs(rows), SCHEMA, now=NOW)
+    assert [v2.transaction(i) for i in range(2)] == [v1.transaction(i) for i in range(2)]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda t: t[4].__setattr__("datatype", "BYTES"), "input 'amount': datatype must be FP64"),
+        (
+            lambda t: t[0].__setattr__("datatype", "FP32"),
+            "'transaction_id': datatype must be BYTES",
+        ),
+        (
+            lambda t: t[4].__setattr__("shape", [2, 2]),
+            "input 'amount': shape must be [n] or [n, 1]",
+        ),
+        (lambda t: t[4].__setattr__("shape", [3]), "shape says 3 element(s) but data has 2"),
+        (lambda t: t[4].__setattr__("data", [1.0, -2.0]), "input 'amount' element 1: must be >= 0"),
+        (lambda t: t[1].__setattr__("data", ["2026-05-16", "x"]), "'timestamp' element 1: not an"),
+        (lambda t: t.append(_Tensor("amount", "FP64", [2], [1, 2])), "given more than once"),
+        (lambda t: t.append(_Tensor("V1", "FP64", [2], [1, 2])), "unknown field 'V1'"),
+        (lambda t: t.pop(2), "customer_id: missing (required) in every transaction"),
+        (lambda t: t.append(_Tensor("channel", "BYTES", [3], ["a", "b", "c"])), ""),
+    ],
+)
+def test_each_v2_problem_names_the_tensor_and_the_problem(mutate, expected):
+    inputs = _inputs([GOOD, {**GOOD, "transaction_id": "t-2"}])
+    mutate(inputs)
+    with pytest.raises(InvalidTransactions) as info:
+        from_tensors(inputs, SCHEMA, now=NOW)
+    assert expected in str(info.value)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+field_names = st.sampled_from([*SCHEMA.fields, "is_fraud", "x", ""])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        json_values,
+        st.lists(st.dictionaries(field_names, json_values, max_size=8), max_size=5).map(
+            lambda xs: {"instances": xs}
+        ),
+        st.lists(
+            st.fixed_dictionaries({}, optional={k: json_values for k in SCHEMA.fields}).map(
+                lambda d: {**GOOD, **d}
+            ),
+            min_size=1,
+            max_size=4,
+        ).map(lambda xs: {"instances": xs}),
+    )
+)
+def test_any_v1_body_is_either_a_batch_or_a_client_error(payload):
+    try:
+        batch = from_instances(payload, SCHEMA, now=NOW)
+    except ServingError as e:
+        assert str(e).startswith(("invalid request: ", "too many transactions"))
+        return
+    assert len(batch) >= 1 and np.isfinite(batch.amount).all() and (batch.amount >= 0).all()
+
+
+# -- online state and features --------------------------------------------------------------
+
+
+def _state(bundle: Bundle) -> InMemoryOnlineState:
+    state = InMemoryOnlineState(bundle.spec().history_days + 1)
+    state.load_frame(pd.read_parquet(bundle.folder / "online" / "snapshot.parquet"))
+    return state
+
+
+def test_online_features_equal_batch_features_one_by_one_and_in_batches(bundle):
+    spec, model = bundle.spec(), bundle.model()
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    new = later_transactions(400)
+    # same customer and second twice in a row: neither sees the other ("strictly before")
+    twin = new.iloc[[10]].assign(transaction_id="twin", amount=999.0)
+    new = pd.concat([new.iloc[:11], twin, new.iloc[11:]], ignore_index=True)
+    new.loc[5, ["channel", "account_balance"]] = [None, np.nan]
+    expected = compute_features(new, spec, history=snapshot)[model.feature_names].to_numpy()
+    online = OnlineFeatures(spec, model.feature_names)
+    instances = [instance(r) for r in new.to_dict("records")]
+    for size in (1, 7, 100):
+        state = _state(bundle)
+        got = []
+        for k in range(0, len(instances), size):
+            batch = from_instances({"instances": instances[k : k + size]}, TransactionSchema())
+            got.append(online.compute(batch, state))
+            state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
+        np.testing.assert_allclose(np.vstack(got), expected, rtol=1e-6, equal_nan=True)
+
+
+def test_reason_codes_are_the_batch_reason_codes(bundle):
+    spec, model = bundle.spec(), bundle.model()
+    frame = later_transactions(50)
+    features = compute_features(frame, spec)
+    matrix = features[model.feature_names].to_numpy()
+    got = format_reasons(model.feature_names, matrix, model.contributions(matrix), 3)
+    assert got == reason_codes(model, features, 3)
+    assert any(got)
+
+
+def test_state_memory_is_bounded_by_the_retention_window():
+    state = InMemoryOnlineState(retention_days=2, sweep_per_append=50)
+    day = 86_400_000
+    for d in range(10):  # 10 days, a new customer per day plus one regular
+        state.append([f"c{d}", "regular"], ["t", "t"], np.array([d * day, d * day + 1]), np.ones(2))
+    stats = state.stats()
+    assert stats["customers"] <= 4 and stats["customer_rows"] <= 6
+    rows = state.history_for(["regular"], ["t"])
+    assert rows.customers.time_ms.min() >= 7 * day
+    assert (np.diff(rows.terminals.time_ms) >= 0).all()
+    state.append(["regular"], ["t"], np.array([8 * day + 5]), np.ones(1))  # late arrival
+    assert (np.diff(state.history_for(["regular"], []).customers.time_ms) >= 0).all()
+
+
+# -- the model in-process -----------------------------------------------------------------
+
+
+def test_load_refuses_a_tampered_bundle_naming_the_file(bundle, tmp_path):
+    import shutil
+
+    from kserve.errors import ModelMissingError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.folder, copy)
+    (copy / "threshold.json").write_text('{"threshold": 0.0}')
+    model = FraudDetector("fraud", parse_model_uri(str(copy)))
+    with pytest.raises(ModelMissingError, match=r"threshold\.json has sha256"):
+        model.load()
+    assert not model.ready
+
+
+def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bundle, tmp_path):
+    spec, model = bundle.spec(), bundle.model()
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    new = later_transactions(240, seed=9)
+    expected = model.predict(compute_features(new, spec, history=snapshot))[150:]
+    rows = [instance(r) for r in new.to_dict("records")]
+    log_store = LocalStore(tmp_path / "log")
+
+    def server(**config) -> FraudDetector:
+        detector = FraudDetector(
+            "fraud",
+            parse_model_uri(str(bundle.folder)),
+            ServingConfig(log_process=False, **config),
+            log_store=log_store,
+        )
+        detector.load()
+        return detector
+
+    first = server()
+    first.predict({"instances": rows[:100]}, {})
+    for row in rows[100:150]:
+        first.predict({"instances": [row]}, {})
+    first.close()  # the log is written on shutdown
+    second = server()
+    got = [second.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]]
+    second.close()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    forgetful = server(replay_log=False)
+    again = [
+        forgetful.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]
+    ]
+    forgetful.close()
+    assert not np.allclose(again, expected, rtol=1e-6)
+
+
+def test_model_uri_forms(tmp_path):
+    store = parse_model_uri("s3://fraudops/registry#fraud-detector:v3")
+    assert (store.store_uri, store.name, store.ref) == (
+        "s3://fraudops/registry",
+        "fraud-detector",
+        "v3",
+    )
+    assert parse_model_uri(f"{tmp_path}#fraud").ref == "champion"
+    assert parse_model_uri(f"file://{tmp_path}").folder == tmp_path
+    for bad in ("s3://fraudops", "#", str(tmp_path / "missing")):
+        with pytest.raises(ValueError, match="model_uri"):
+            parse_model_uri(bad)
+
+
+# -- inference log ------------------------------------------------------------------------
+
+
+def _entry(i: int, n: int = 1) -> LogEntry:
+    when = datetime(2026, 5, 16, tzinfo=UTC) + timedelta(seconds=i)
+
+    def build():
+        return [
+            make_record(
+                model="fraud",
+                version="v1",
+                transaction={"transaction_id": f"t{i}-{j}", "amount": 1.0},
+                score=0.1,
+                decision="pass",
+                time=when,
+            )
+            for j in range(n)
+        ]
+
+    return LogEntry(n, build)
+
+
+def test_writer_blocks_briefly_then_drops_and_counts_when_full(tmp_path):
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(registry)
+    writer = InferenceLogWriter(
+        LocalStore(tmp_path), max_records=10, flush_interval=60, block_seconds=0.05, metrics=metrics
+    )  # not started: nothing drains the buffer
+    assert all(writer.submit(_entry(i, 5)) for i in range(2))
+    started = time.perf_counter()
+    assert not writer.submit(_entry(3, 1))
+    assert time.perf_counter() - started >= 0.04
+    assert writer.dropped == 1
+    assert (
+        registry.get_sample_value("fraudops_inference_log_dropped_total", {"reason": "buffer_full"})
+        == 1
+    )
+    writer.close()
+    assert len(read_records(LocalStore(tmp_path), "fraud")) == 10
+
+
+def test_writer_retries_a_failing_store_and_loses_nothing_on_close(tmp_path):
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store's directory should be")
+    writer = InferenceLogWriter(LocalStore(blocker), flush_interval=0.05).start()
+    for i in range(20):
+        writer.submit(_entry(i, 3))
+    deadline = time.monotonic() + 5
+    while writer.queued < 60 or writer.written:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)  # a few failed attempts
+    blocker.unlink()  # the store comes back
+    writer.close(timeout=10)
+    assert writer.written == 60 and writer.dropped == 0
+    assert len(read_records(LocalStore(blocker), "fraud")) == 60
+
+
+def test_writer_process_writes_everything_and_drops_only_an_unwritable_record(tmp_path):
+    store = LocalStore(tmp_path)
+    writer = InferenceLogWriter(store, flush_interval=60, process=True).start()
+    for i in range(30):  # pre-built records: the entry travels to the helper process
+        writer.submit(LogEntry(3, prebuilt, (_entry(i, 3).records(),)))
+    bad = {**_entry(99).records()[0], "model": ""}  # no key can be made of an empty name
+    writer.submit(LogEntry(1, prebuilt, ([bad],)))
+    writer.close()
+    assert (writer.written, writer.dropped) == (90, 1)
+    assert len(read_records(store, "fraud")) == 90
+
+
+def test_array_histogram_matches_prometheus_histogram():
+    values = np.array([0.0, 0.001, 0.004, 0.5, 0.99, 1.0, 0.3])
+    mine, theirs = CollectorRegistry(), CollectorRegistry()
+    ArrayHistogram("s", "d", ("m",), (0.001, 0.5, 1.0), mine).observe(("x",), values)
+    reference = Histogram("s", "d", ("m",), buckets=(0.001, 0.5, 1.0), registry=theirs)
+    for v in values:
+        reference.labels("x").observe(v)
+    lines = [
+        line for line in generate_latest(theirs).decode().splitlines() if "_created" not in line
+    ]
+    assert generate_latest(mine).decode().splitlines() == lines
+
+
+# -- log sink pairing -----------------------------------------------------------------------
+
+
+def _event(kind: str, body: dict, eid: str, when: datetime) -> Event:
+    return Event(
+        eid, kind, "http://logger/", when, "application/json", json.dumps(body).encode(), "fraud"
+    )
+
+
+def test_sink_pairs_in_either_order_and_expires_orphans():
+    pairer = EventPairer(timeout=10)
+    t0 = datetime(2026, 5, 16, tzinfo=UTC)
+    req = _event(REQUEST_TYPE, {"instances": [GOOD]}, "a", t0)
+    res = _event(
+        RESPONSE_TYPE,
+        {
+            "model_name": "fraud",
+            "model_version": "v1",
+            "predictions": [
+                {
+                    "transaction_id": "t-1",
+                    "score": 0.9,
+                    "decision": "alert",
+                    "model_version": "v1",
+                    "reasons": ["amount=12.5 (+1.00)"],
+                }
+            ],
+        },
+        "a",
+        t0 + timedelta(milliseconds=3),
+    )
+    assert pairer.add(res) is None
+    pair = pairer.add(req)
+    assert pair == (req, res)
+    (record,) = records_from_pair(*pair)
+    assert record["id"] == "a" and record["decision"] == "alert" and record["latency_ms"] == 3.0
+    assert record["transaction"]["channel"] == "online" and record["source"] == "http://logger/"
+    assert pairer.add(_event(REQUEST_TYPE, {"instances": [GOOD]}, "orphan", t0)) is None
+    assert pairer.expire(now=time.monotonic() + 11) == 1 and len(pairer) == 0
