@@ -7,7 +7,9 @@ from typing import Any
 
 from pipelines.compile import COMPILED
 
-__all__ = ["submit_training"]
+__all__ = ["KFP_TOKEN", "submit_training"]
+
+KFP_TOKEN = "/var/run/secrets/kubeflow/pipelines/token"
 
 
 def submit_training(
@@ -38,7 +40,16 @@ def submit_training(
     if client is None:
         import kfp
 
-        client = kfp.Client(host=host, namespace=namespace, existing_token=existing_token)
+        credentials = None
+        if existing_token is None and Path(KFP_TOKEN).is_file():
+            # in a pod with a projected Kubeflow Pipelines token (multi-user Kubeflow): the
+            # client only sends it when told to, since the host is given explicitly
+            from kfp.client import ServiceAccountTokenVolumeCredentials
+
+            credentials = ServiceAccountTokenVolumeCredentials(path=KFP_TOKEN)
+        client = kfp.Client(
+            host=host, namespace=namespace, existing_token=existing_token, credentials=credentials
+        )
     run = client.create_run_from_pipeline_package(
         str(package),
         arguments=arguments,
