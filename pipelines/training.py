@@ -1,12 +1,27 @@
 """The training pipeline: validate -> features -> split -> train -> evaluate -> gate -> register."""
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components.kfp_components import DEFAULT_IMAGE, make_components
 
-__all__ = ["PIPELINE_NAME", "build_training_pipeline"]
+__all__ = ["PIPELINE_NAME", "S3_CONFIG_KEYS", "S3_SECRET_KEYS", "build_training_pipeline"]
 
 PIPELINE_NAME = "fraudops-training"
+# The same Secret and ConfigMap as the rest of the platform (manifests/base/kustomization.yaml),
+# under KServe's variable names, so one set of credentials serves every part.
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_CONFIG_KEYS = ("S3_ENDPOINT", "S3_USE_HTTPS", "S3_VERIFY_SSL", "AWS_REGION")
+
+
+def with_store_credentials(task: dsl.PipelineTask, secret, config) -> dsl.PipelineTask:
+    """Give a task the store's credentials and settings as environment variables.
+
+    On a cluster the pod gets the keys of the Secret ``secret`` and the ConfigMap ``config``
+    (kfp-kubernetes). ``kfp.local`` ignores this and the step reads the caller's environment.
+    """
+    kubernetes.use_secret_as_env(task, secret, {key: key for key in S3_SECRET_KEYS})
+    kubernetes.use_config_map_as_env(task, config, {key: key for key in S3_CONFIG_KEYS})
+    return task
 
 
 def build_training_pipeline(image: str = DEFAULT_IMAGE):
@@ -44,6 +59,8 @@ def build_training_pipeline(image: str = DEFAULT_IMAGE):
         card_precision_k: int = 100,
         gate_tolerance: float = 0.005,
         max_rejected_share: float = 0.05,
+        s3_secret: str = "fraudops-s3",
+        s3_config: str = "fraudops-s3-config",
     ):
         """Train and register a fraud model.
 
@@ -68,10 +85,13 @@ def build_training_pipeline(image: str = DEFAULT_IMAGE):
             card_precision_k: k of card precision@k.
             gate_tolerance: Allowed average-precision loss against the champion.
             max_rejected_share: Largest share of quarantined rows.
+            s3_secret: Kubernetes Secret with the S3 keys, in the run's namespace (cluster only).
+            s3_config: Kubernetes ConfigMap with S3_ENDPOINT etc. (cluster only).
         """
         validated = ops.validate(
             data_uri=data_uri, mapping=mapping, max_rejected_share=max_rejected_share
         ).set_display_name("validate")
+        with_store_credentials(validated, s3_secret, s3_config)
         feats = ops.features(
             data=validated.outputs["accepted"],
             report=validated.outputs["report"],
@@ -118,8 +138,9 @@ def build_training_pipeline(image: str = DEFAULT_IMAGE):
             model_name=model_name,
             tolerance=gate_tolerance,
         ).set_display_name("gate vs champion")
+        with_store_credentials(gate, s3_secret, s3_config)
         with dsl.If(gate.outputs["Output"] == True, name="challenger-passed"):  # noqa: E712
-            ops.register(
+            registered = ops.register(
                 model=trained.outputs["model"],
                 spec=feats.outputs["spec"],
                 report=evaluated.outputs["report"],
@@ -134,5 +155,6 @@ def build_training_pipeline(image: str = DEFAULT_IMAGE):
                 store_uri=store_uri,
                 model_name=model_name,
             ).set_display_name("register bundle")
+            with_store_credentials(registered, s3_secret, s3_config)
 
     return training_pipeline

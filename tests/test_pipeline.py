@@ -72,7 +72,7 @@ def test_compiled_pipeline_loads_back_with_the_kfp_sdk():
         inputs
     )
     assert inputs["model_type"].default == "xgboost"
-    spec = yaml.safe_load(COMPILED.read_text())
+    spec, platform = yaml.safe_load_all(COMPILED.read_text())
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {DEFAULT_IMAGE}
     tasks = spec["root"]["dag"]["tasks"]
@@ -80,6 +80,20 @@ def test_compiled_pipeline_loads_back_with_the_kfp_sdk():
         tasks
     )
     assert "condition-1" in tasks  # register runs only when the gate passes
+
+    # On a cluster, exactly the steps that touch the store get the S3 Secret and ConfigMap.
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-validate-op", "exec-gate-op", "exec-register-op"}
+    for name, config in executors.items():
+        (secret,) = config["secretAsEnv"]
+        assert {e["envVar"] for e in secret["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        }, name
+        assert secret["secretNameParameter"]["componentInputParameter"].endswith("s3_secret")
+        (config_map,) = config["configMapAsEnv"]
+        assert "S3_ENDPOINT" in {e["envVar"] for e in config_map["keyToEnv"]}, name
+    assert inputs["s3_secret"].default == "fraudops-s3"
 
 
 def test_pipeline_under_kfp_local_registers_in_s3_and_refuses_a_worse_challenger(
