@@ -12,7 +12,7 @@ StoreOpt = Annotated[
     str | None,
     typer.Option(
         "--store",
-        help="Object store: a folder, file://..., or s3://bucket[/prefix] (MinIO: set "
+        help="Object store: a folder, file://..., s3://bucket or s3://bucket/prefix (MinIO: set "
         "S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Default: $FRAUDOPS_STORE or "
         "$FRAUDOPS_HOME/store.",
     ),

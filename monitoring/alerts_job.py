@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from components.cli_errors import friendly_errors
+
 __all__ = ["app"]
 
 app = typer.Typer(
@@ -20,6 +22,7 @@ def _group() -> None:
 
 
 @app.command("suspicious")
+@friendly_errors
 def suspicious(
     model: Annotated[str, typer.Option(help="Model name.")] = "fraud-detector",
     store: Annotated[

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from components.cli_errors import friendly_errors
+
 __all__ = ["DriftRun", "app", "run_drift_check"]
 
 
@@ -178,6 +180,7 @@ def _parse_time(value: str | None, default: datetime) -> datetime:
 
 
 @app.command("check")
+@friendly_errors
 def check(
     model: Annotated[
         str, typer.Option(help="name[:version|alias] (default alias: champion).")

@@ -29,6 +29,8 @@ LABEL_PREFIX = "labels"
 class LabelFileError(ValueError):
     """The label file lacks a required column or has unusable values."""
 
+    user_error = True  # the message says what to fix: no traceback (cli_errors)
+
 
 @dataclass(frozen=True)
 class PerformanceFloor:

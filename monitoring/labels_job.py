@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from components.cli_errors import friendly_errors
+
 __all__ = ["app"]
 
 app = typer.Typer(help="Late labels: confirmed fraud and chargebacks.", no_args_is_help=True)
@@ -18,10 +20,13 @@ def _group() -> None:
 
 
 @app.command("ingest")
+@friendly_errors
 def ingest(
     file: Annotated[
         Path,
-        typer.Argument(help="CSV/Parquet: transaction_id, is_fraud (or chargeback), [label_time]."),
+        typer.Argument(
+            help="CSV/Parquet: transaction_id, is_fraud (or chargeback), optional label_time."
+        ),
     ],
     model: Annotated[str, typer.Option(help="Model name.")] = "fraud-detector",
     store: Annotated[

@@ -49,6 +49,8 @@ _MAX_ERROR_CHARS = 500
 class AlertConfigError(ValueError):
     """A channel's configuration (environment or arguments) is missing or invalid."""
 
+    user_error = True  # the message says what to fix: no traceback (cli_errors)
+
 
 class DeliveryError(RuntimeError):
     """A channel could not deliver an alert (retried)."""
