@@ -22,72 +22,14 @@ def _prepare(root: Path) -> tuple[str, str]:
     from components.generator import GeneratorConfig, generate_transactions
     from components.inference_log import TX, batch_key
     from components.scoring import score_frame
-    from components.steps.evaluate import evaluate_step
-    from components.steps.features import features_step
-    from components.steps.gate import gate_step
-    from components.steps.register import register_step
-    from components.steps.split import split_step
-    from components.steps.train import train_step
-    from components.steps.validate import validate_step
     from components.store import open_store
+    from pipelines.inprocess import run_steps_in_process
 
     base = GeneratorConfig(n_customers=3_000, n_terminals=6_000, n_days=45, seed=1)
     history = generate_transactions(base)
     data = write_table(history, root / "history.parquet")
-    p = {
-        k: str(root / k)
-        for k in (
-            "a.parquet",
-            "r.json",
-            "q.csv",
-            "f.parquet",
-            "s.json",
-            "tr.parquet",
-            "va.parquet",
-            "te.parquet",
-            "w.json",
-            "m",
-            "i.json",
-            "me.json",
-            "t.json",
-            "plots",
-            "sc.parquet",
-            "g.json",
-        )
-    }
     store_uri = str(root / "store")
-    validate_step(str(data), "", 0.05, p["a.parquet"], p["r.json"], p["q.csv"])
-    features_step(p["a.parquet"], 7.0, [], p["f.parquet"], p["s.json"])
-    split_step(p["f.parquet"], {}, p["tr.parquet"], p["va.parquet"], p["te.parquet"], p["w.json"])
-    train_step(p["tr.parquet"], p["va.parquet"], p["s.json"], {}, p["m"], p["i.json"])
-    evaluate_step(
-        p["m"],
-        p["va.parquet"],
-        p["te.parquet"],
-        p["s.json"],
-        "alert_budget:100",
-        100,
-        p["me.json"],
-        p["t.json"],
-        p["plots"],
-        p["sc.parquet"],
-    )
-    gate_step(p["me.json"], p["a.parquet"], p["w.json"], store_uri, "fraud", 0.005, p["g.json"])
-    register_step(
-        p["m"],
-        p["s.json"],
-        p["me.json"],
-        p["t.json"],
-        p["plots"],
-        p["a.parquet"],
-        p["f.parquet"],
-        p["w.json"],
-        p["g.json"],
-        p["i.json"],
-        p["r.json"],
-        store_uri,
-        "fraud",
-    )
+    run_steps_in_process(root / "steps", data, store_uri, "fraud", windows={})
     store = open_store(store_uri)
     bundle = fetch_bundle(store, "fraud", "champion", root / "bundle")
 

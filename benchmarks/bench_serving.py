@@ -137,60 +137,12 @@ def _train(folder: Path) -> tuple[str, object]:
     """Register a default-configured model into ``folder/store``; return (store, data)."""
     from components.frames import write_table
     from components.generator import GeneratorConfig, generate_transactions
-    from components.steps.evaluate import evaluate_step
-    from components.steps.features import features_step
-    from components.steps.gate import gate_step
-    from components.steps.register import register_step
-    from components.steps.split import split_step
-    from components.steps.train import train_step
-    from components.steps.validate import validate_step
+    from pipelines.inprocess import run_steps_in_process
 
     config = GeneratorConfig(n_customers=2000, n_terminals=4000, n_days=60, seed=21)
-    data = write_table(generate_transactions(config), folder / "train.parquet")
+    data = write_table(generate_transactions(config), folder / "transactions.parquet")
     store = str(folder / "store")
-    p = {n: str(folder / n) for n in ("a.parquet", "r.json", "q.csv", "f.parquet", "s.json",
-                                        "tr.parquet", "va.parquet", "te.parquet", "w.json",
-                                        "model", "i.json", "m.json", "t.json", "plots",
-                                        "sc.parquet", "g.json")}  # fmt: skip
-    validate_step(str(data), "", 0.05, p["a.parquet"], p["r.json"], p["q.csv"])
-    features_step(p["a.parquet"], 7.0, [], p["f.parquet"], p["s.json"])
-    split_step(
-        p["f.parquet"],
-        {"test_days": 7, "valid_days": 7, "gap_days": 7, "burn_in_days": 7},
-        p["tr.parquet"],
-        p["va.parquet"],
-        p["te.parquet"],
-        p["w.json"],
-    )
-    train_step(p["tr.parquet"], p["va.parquet"], p["s.json"], {"seed": 42}, p["model"], p["i.json"])
-    evaluate_step(
-        p["model"],
-        p["va.parquet"],
-        p["te.parquet"],
-        p["s.json"],
-        "alert_budget:100",
-        100,
-        p["m.json"],
-        p["t.json"],
-        p["plots"],
-        p["sc.parquet"],
-    )
-    gate_step(p["m.json"], p["a.parquet"], p["w.json"], store, "fraud-detector", 0.005, p["g.json"])
-    register_step(
-        p["model"],
-        p["s.json"],
-        p["m.json"],
-        p["t.json"],
-        p["plots"],
-        p["a.parquet"],
-        p["f.parquet"],
-        p["w.json"],
-        p["g.json"],
-        p["i.json"],
-        p["r.json"],
-        store,
-        "fraud-detector",
-    )
+    run_steps_in_process(folder / "steps", data, store, "fraud-detector", train={"seed": 42})
     return store, config
 
 

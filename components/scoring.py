@@ -7,20 +7,25 @@ import pandas as pd
 
 from components.bundle import Bundle
 from components.features import compute_features
-from components.model import FraudModel
+from components.model import DEFAULT_CONTRIBUTIONS, FraudModel
 
-__all__ = ["reason_codes", "score_frame"]
+__all__ = ["format_reasons", "reason_codes", "score_frame"]
 
 
-def reason_codes(model: FraudModel, features: pd.DataFrame, n: int = 3) -> list[list[str]]:
+def format_reasons(
+    names: list[str], values: np.ndarray, contributions: np.ndarray, n: int
+) -> list[list[str]]:
     """The ``n`` features that pushed each score up most (positive contributions only).
 
-    Each code reads ``feature=value (+contribution)``, contributions in log-odds, from the
-    model's own per-prediction contributions (exact tree SHAP for XGBoost).
+    Each code reads ``feature=value (+contribution)``, contributions in log-odds. Shared by
+    batch scoring and the model server, so both word reason codes alike.
+
+    Args:
+        names: Feature names, in column order.
+        values: Feature values, one row per transaction.
+        contributions: The model's contributions, same shape as ``values``.
+        n: Most codes per transaction.
     """
-    contributions = model.contributions(features)
-    names = np.asarray(model.feature_names)
-    values = features[model.feature_names].to_numpy()
     top = np.argsort(-contributions, axis=1)[:, :n]
     codes = []
     for row, columns in enumerate(top):
@@ -34,13 +39,36 @@ def reason_codes(model: FraudModel, features: pd.DataFrame, n: int = 3) -> list[
     return codes
 
 
-def score_frame(bundle: Bundle, frame: pd.DataFrame, reasons: int = 0) -> pd.DataFrame:
+def reason_codes(
+    model: FraudModel, features: pd.DataFrame, n: int = 3, method: str = DEFAULT_CONTRIBUTIONS
+) -> list[list[str]]:
+    """Reason codes (:func:`format_reasons`) from the model's own per-prediction contributions.
+
+    Args:
+        model: The model.
+        features: Feature frame with the model's columns.
+        n: Most codes per transaction.
+        method: XGBoost contributions, ``approx`` or ``exact``
+            (:data:`components.model.CONTRIBUTION_METHODS`).
+    """
+    contributions = model.contributions(features, method)
+    values = features[model.feature_names].to_numpy()
+    return format_reasons(model.feature_names, values, contributions, n)
+
+
+def score_frame(
+    bundle: Bundle,
+    frame: pd.DataFrame,
+    reasons: int = 0,
+    contributions: str = DEFAULT_CONTRIBUTIONS,
+) -> pd.DataFrame:
     """Score validated transactions, computing features point-in-time from the frame itself.
 
     Args:
         bundle: A verified bundle.
         frame: Canonical, typed transactions (history and rows to score alike).
         reasons: How many reason codes per row (0: none).
+        contributions: How XGBoost contributions are computed, ``approx`` or ``exact``.
 
     Returns:
         ``transaction_id, score, decision`` (and ``reason_1..n``), in the frame's order.
@@ -57,7 +85,7 @@ def score_frame(bundle: Bundle, frame: pd.DataFrame, reasons: int = 0) -> pd.Dat
         }
     )
     if reasons:
-        codes = reason_codes(model, features, reasons)
+        codes = reason_codes(model, features, reasons, contributions)
         for i in range(reasons):
             out[f"reason_{i + 1}"] = [c[i] if i < len(c) else "" for c in codes]
     return out

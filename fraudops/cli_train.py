@@ -130,6 +130,13 @@ def score(
         "scores.csv"
     ),
     reasons: Annotated[int, typer.Option(help="Reason codes per row (0: none).")] = 0,
+    contributions: Annotated[
+        str,
+        typer.Option(
+            help="Reason codes from XGBoost's approx (Saabas, fast; the server's default) or "
+            "exact (tree SHAP) contributions."
+        ),
+    ] = "approx",
     store: StoreOpt = None,
     mapping: MappingOpt = None,
     map_: MapOpt = None,
@@ -147,6 +154,7 @@ def score(
     from components.frames import write_table
     from components.loaders import load_transactions
     from components.mapping import load_mapping, parse_map_options
+    from components.model import CONTRIBUTION_METHODS
     from components.scoring import score_frame
     from components.validation import (
         ValidationConfig,
@@ -154,6 +162,10 @@ def score(
         validate_transactions,
     )
 
+    if contributions not in CONTRIBUTION_METHODS:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(CONTRIBUTION_METHODS)}", param_hint="--contributions"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         bundle = open_model(model, store, Path(tmp))
         loaded = load_transactions(
@@ -168,7 +180,7 @@ def score(
         with console.status(
             f"scoring {len(result.accepted):,} transactions with {bundle.name} {bundle.version}"
         ):
-            scored = score_frame(bundle, result.accepted, reasons)
+            scored = score_frame(bundle, result.accepted, reasons, contributions)
     write_table(scored, out)
     if len(result.quarantined):
         write_table(result.quarantined, out.with_suffix(".quarantine.csv"))

@@ -45,6 +45,7 @@ class LocalModelServer(ModelServer):
 
 def build_parser() -> argparse.ArgumentParser:
     """KServe's model-server arguments plus the fraudops ones."""
+    from components.model import CONTRIBUTION_METHODS, DEFAULT_CONTRIBUTIONS
     from serving.scorer import REASONS_FOR
 
     parser = argparse.ArgumentParser(
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=REASONS_FOR,
         default="all",
         help="Which transactions get reason codes: all, only alerts (faster batches), none.",
+    )
+    group.add_argument(
+        "--contributions",
+        choices=CONTRIBUTION_METHODS,
+        default=DEFAULT_CONTRIBUTIONS,
+        help="XGBoost contributions behind the reason codes: approx (Saabas, about 0.1 ms a "
+        "request) or exact (tree SHAP, about 1 ms a transaction).",
     )
     group.add_argument(
         "--log_features",
@@ -174,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_clock_skew_seconds=args.max_clock_skew_seconds,
         n_reasons=args.reasons,
         reasons_for=args.reasons_for,
+        contributions=args.contributions,
         log_features=bool(args.log_features),
         replay_log=bool(args.replay_log),
         log_flush_interval=args.log_flush_interval,

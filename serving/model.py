@@ -57,6 +57,8 @@ class ServingConfig:
         max_clock_skew_seconds: How far in the future a timestamp may be.
         n_reasons: Reason codes per transaction.
         reasons_for: ``all``, ``alerts`` or ``none``.
+        contributions: Reason codes from XGBoost's ``approx`` (Saabas) or ``exact`` (tree
+            SHAP) contributions.
         log_features: Put the engineered features into each inference-log record.
         replay_log: At start, add the transactions logged since the bundle's snapshot to the
             online state (so a restart does not forget them).
@@ -71,6 +73,7 @@ class ServingConfig:
     max_clock_skew_seconds: float = 300.0
     n_reasons: int = 3
     reasons_for: str = "all"
+    contributions: str = "approx"
     log_features: bool = False
     replay_log: bool = True
     log_source: str = "fraudops-serving"
@@ -141,7 +144,9 @@ class FraudDetector(Model):
             snapshot = bundle.folder / "online" / "snapshot.parquet"
             history = pd.read_parquet(snapshot) if snapshot.exists() else pd.DataFrame()
             # the model is deserialised only now, after every file matched the manifest
-            scorer = Scorer(bundle, None, config.n_reasons, config.reasons_for)
+            scorer = Scorer(
+                bundle, None, config.n_reasons, config.reasons_for, config.contributions
+            )
         except (StoreError, OSError, ValueError, KeyError) as e:
             self.close()
             raise ModelMissingError(

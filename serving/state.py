@@ -8,14 +8,15 @@ Several replicas need one shared state: implement the same two methods over a sh
 pipelined ``MGET``/``ZRANGEBYSCORE`` round trip, ``append`` as one pipelined write).
 
 The state holds raw rows, not features: ``(time_ms, amount)`` per customer and
-``(time_ms, label)`` per terminal (label NaN while unknown, which it is for every scored
-transaction). Features are computed from them by :mod:`serving.features` with the training
-kernel.
+``(time_ms, label)`` per terminal. A scored transaction is presumed genuine (label 0) until a
+fraud label says otherwise, as in training, where every transaction older than the label delay
+counts as labelled (a chargeback feed reports only fraud). NaN means "not known at all" and
+leaves a row out of the fraud-rate denominators. Features are computed from the rows by
+:mod:`serving.features` with the training kernel.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
@@ -25,32 +26,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from components.features.windows import MS_PER_DAY
+from components.features.windows import MS_PER_DAY, EntityRows
 from components.schema import LABEL
 
 __all__ = ["EntityRows", "History", "InMemoryOnlineState", "OnlineState"]
-
-
-@dataclass(frozen=True)
-class EntityRows:
-    """History rows of several entities, columnar.
-
-    Attributes:
-        group: For each row, the position of its entity in the ids asked for (int64).
-        time_ms: Milliseconds since 1970-01-01 UTC (int64).
-        value: Amount (customers) or fraud label, NaN if unknown (terminals); float64.
-    """
-
-    group: np.ndarray
-    time_ms: np.ndarray
-    value: np.ndarray
-
-    @classmethod
-    def empty(cls) -> EntityRows:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
-
-    def __len__(self) -> int:
-        return len(self.group)
 
 
 @dataclass(frozen=True)
@@ -78,21 +57,9 @@ class OnlineState(Protocol):
         time_ms: np.ndarray,
         amount: np.ndarray,
         label: np.ndarray | None = None,
-    ) -> None:
-        n = len(customer_ids)
-        if n == 0:
-            return
-        times = np.asarray(time_ms, dtype=np.int64).tolist()
-        amounts = np.asarray(amount, dtype=np.float64).tolist()
-        labels = [math.nan] * n if label is None else np.asarray(label, np.float64).tolist()
-        self.watermark_ms = max(self.watermark_ms, max(times))
-        floor = self.floor_ms
-        add_customer, add_terminal = self.customers.add, self.terminals.add
-        for i in range(n):
-            add_customer(customer_ids[i], times[i], amounts[i], floor)
-            add_terminal(terminal_ids[i], times[i], labels[i], floor)
-        self.customers.prune(floor, self.sweep_per_append)
-        self.terminals.prune(floor, self.sweep_per_append)
+    ) -> None:  # pragma: no cover - protocol
+        """Add scored transactions (label None: presumed genuine, 0) to their entities' rows."""
+        ...
 
     def stats(self) -> dict[str, int]:  # pragma: no cover - protocol
         """Sizes for metrics: ``customers``, ``terminals``, ``customer_rows``, ``terminal_rows``."""
@@ -118,23 +85,23 @@ class _Table:
         self._sweep: list[str] = []
 
     def gather(self, ids: Sequence[str]) -> EntityRows:
-        times, values, lengths = [], [], []
+        # C-level array concatenation (a memcpy per entity) into new arrays, viewed by numpy
+        # once: numpy must never export the series' own buffers (appends resize them)
+        times, values = array("q"), array("d")
+        lengths = []
         get = self.series.get
         for entity in ids:
             s = get(entity)
             if s is None:
                 lengths.append(0)
                 continue
-            times.append(np.frombuffer(s.time, np.int64))
-            values.append(np.frombuffer(s.value, np.float64))
+            times += s.time
+            values += s.value
             lengths.append(len(s.time))
         if not times:
             return EntityRows.empty()
-        # copies: the arrays must not keep exporting the series' buffers (appends resize them)
-        t, v = np.concatenate(times), np.concatenate(values)
-        del times, values
         group = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
-        return EntityRows(group, t, v)
+        return EntityRows(group, np.frombuffer(times, np.int64), np.frombuffer(values, np.float64))
 
     def add(self, entity: str, time: int, value: float, floor_ms: int) -> None:
         s = self.series.get(entity)
@@ -227,7 +194,7 @@ class InMemoryOnlineState:
             return
         times = np.asarray(time_ms, dtype=np.int64).tolist()
         amounts = np.asarray(amount, dtype=np.float64).tolist()
-        labels = [math.nan] * n if label is None else np.asarray(label, np.float64).tolist()
+        labels = [0.0] * n if label is None else np.asarray(label, np.float64).tolist()
         self.watermark_ms = max(self.watermark_ms, max(times))
         floor = self.floor_ms
         add_customer, add_terminal = self.customers.add, self.terminals.add

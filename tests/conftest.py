@@ -72,91 +72,18 @@ def s3_env(moto_endpoint: str) -> dict[str, str]:
 
 
 def run_training_steps(folder: Path, data: Path, store: str, seed: int = 42) -> dict:
-    """Run every pipeline step in-process (no kfp) and register into ``store``."""
-    from components.steps.evaluate import evaluate_step
-    from components.steps.features import features_step
-    from components.steps.gate import gate_step
-    from components.steps.register import register_step
-    from components.steps.split import split_step
-    from components.steps.train import train_step
-    from components.steps.validate import validate_step
+    """Run every pipeline step in-process (no kfp) and register ``fraud`` into ``store``."""
+    from pipelines.inprocess import run_steps_in_process
 
-    p = {
-        name: str(folder / name)
-        for name in (
-            "accepted.parquet",
-            "report.json",
-            "q.csv",
-            "features.parquet",
-            "spec.json",
-            "train.parquet",
-            "valid.parquet",
-            "test.parquet",
-            "windows.json",
-            "model",
-            "info.json",
-            "metrics.json",
-            "threshold.json",
-            "plots",
-            "scores.parquet",
-            "gate.json",
-        )
-    }
-    validate_step(str(data), "", 0.05, p["accepted.parquet"], p["report.json"], p["q.csv"])
-    features_step(p["accepted.parquet"], 7.0, [], p["features.parquet"], p["spec.json"])
-    split_step(
-        p["features.parquet"],
-        {"test_days": 7, "valid_days": 7, "gap_days": 7, "burn_in_days": 7},
-        p["train.parquet"],
-        p["valid.parquet"],
-        p["test.parquet"],
-        p["windows.json"],
-    )
-    train_step(
-        p["train.parquet"],
-        p["valid.parquet"],
-        p["spec.json"],
-        {"seed": seed},
-        p["model"],
-        p["info.json"],
-    )
-    evaluate_step(
-        p["model"],
-        p["valid.parquet"],
-        p["test.parquet"],
-        p["spec.json"],
-        "alert_budget:20",
-        50,
-        p["metrics.json"],
-        p["threshold.json"],
-        p["plots"],
-        p["scores.parquet"],
-    )
-    gate_step(
-        p["metrics.json"],
-        p["accepted.parquet"],
-        p["windows.json"],
+    return run_steps_in_process(
+        folder,
+        data,
         store,
         "fraud",
-        0.005,
-        p["gate.json"],
+        train={"seed": seed},
+        threshold_policy="alert_budget:20",
+        card_precision_k=50,
     )
-    result = register_step(
-        p["model"],
-        p["spec.json"],
-        p["metrics.json"],
-        p["threshold.json"],
-        p["plots"],
-        p["accepted.parquet"],
-        p["features.parquet"],
-        p["windows.json"],
-        p["gate.json"],
-        p["info.json"],
-        p["report.json"],
-        store,
-        "fraud",
-    )
-    return {**p, **result}
 
 
 @pytest.fixture(scope="session")

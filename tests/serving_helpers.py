@@ -1,7 +1,8 @@
 """Helpers for the serving tests: a tiny model trained and registered inside the test session.
 
-The bundle comes from the real pipeline step functions (``components/steps``), run in-process
-into a :class:`~components.store.LocalStore`, as ``tests/test_pipeline.py`` does.
+The bundle comes from the real pipeline step functions, run in-process
+(:func:`pipelines.inprocess.run_steps_in_process`, as ``tests/conftest.py`` does) into a
+:class:`~components.store.LocalStore`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 
 from components.frames import write_table
 from components.generator import GeneratorConfig, generate_transactions
+from pipelines.inprocess import run_steps_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = "import typer; from fraudops.cli_serve import serve; typer.run(serve)"
@@ -40,93 +42,24 @@ class TrainedModel:
 
 def train_tiny_model(folder: Path, name: str = MODEL, seed: int = 42) -> TrainedModel:
     """Generate data, run the pipeline's step functions, register into ``folder/store``."""
-    from components.steps.evaluate import evaluate_step
-    from components.steps.features import features_step
-    from components.steps.gate import gate_step
-    from components.steps.register import register_step
-    from components.steps.split import split_step
-    from components.steps.train import train_step
-    from components.steps.validate import validate_step
-
     folder.mkdir(parents=True, exist_ok=True)
-    data = write_table(generate_transactions(CONFIG), folder / "train.parquet")
+    data = write_table(generate_transactions(CONFIG), folder / "transactions.parquet")
     store = folder / "store"
-    p = {
-        n: str(folder / n)
-        for n in (
-            "accepted.parquet",
-            "report.json",
-            "q.csv",
-            "features.parquet",
-            "spec.json",
-            "train.parquet",
-            "valid.parquet",
-            "test.parquet",
-            "windows.json",
-            "model",
-            "info.json",
-            "metrics.json",
-            "threshold.json",
-            "plots",
-            "scores.parquet",
-            "gate.json",
-        )
-    }
-    validate_step(str(data), "", 0.05, p["accepted.parquet"], p["report.json"], p["q.csv"])
-    features_step(p["accepted.parquet"], 7.0, [], p["features.parquet"], p["spec.json"])
-    split_step(
-        p["features.parquet"],
-        {"test_days": 7, "valid_days": 7, "gap_days": 7, "burn_in_days": 7},
-        p["train.parquet"],
-        p["valid.parquet"],
-        p["test.parquet"],
-        p["windows.json"],
-    )
-    train_step(
-        p["train.parquet"],
-        p["valid.parquet"],
-        p["spec.json"],
-        {"seed": seed, "class_weighting": "sqrt", "n_jobs": 1, "params": {"n_estimators": 120}},
-        p["model"],
-        p["info.json"],
-    )
-    evaluate_step(
-        p["model"],
-        p["valid.parquet"],
-        p["test.parquet"],
-        p["spec.json"],
-        "alert_budget:20",
-        50,
-        p["metrics.json"],
-        p["threshold.json"],
-        p["plots"],
-        p["scores.parquet"],
-    )
-    gate_step(
-        p["metrics.json"],
-        p["accepted.parquet"],
-        p["windows.json"],
+    result = run_steps_in_process(
+        folder / "steps",
+        data,
         str(store),
         name,
-        0.005,
-        p["gate.json"],
+        train={
+            "seed": seed,
+            "class_weighting": "sqrt",
+            "n_jobs": 1,
+            "params": {"n_estimators": 120},
+        },
+        threshold_policy="alert_budget:20",
+        card_precision_k=50,
     )
-    result = register_step(
-        p["model"],
-        p["spec.json"],
-        p["metrics.json"],
-        p["threshold.json"],
-        p["plots"],
-        p["accepted.parquet"],
-        p["features.parquet"],
-        p["windows.json"],
-        p["gate.json"],
-        p["info.json"],
-        p["report.json"],
-        str(store),
-        name,
-    )
-    return TrainedModel(store, name, result["version"], pd.read_parquet(p["accepted.parquet"]))
+    return TrainedModel(store, name, result["version"], pd.read_parquet(result["accepted.parquet"]))
 
 
 _TRAINED: dict[str, TrainedModel] = {}

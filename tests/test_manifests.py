@@ -514,6 +514,8 @@ def test_model_server_arguments(rendered, target):
     assert {"requests", "limits"} <= container["resources"].keys()
     # the online feature state lives in the process: exactly one replica per version
     assert isvc["spec"]["predictor"]["minReplicas"] == isvc["spec"]["predictor"]["maxReplicas"]
+    # no log line per request on the hot path (latency is in /metrics)
+    assert args.enable_latency_logging is False and args.access_logging is False
 
 
 @pytest.mark.parametrize("target", OVERLAYS)

@@ -125,7 +125,12 @@ def test_pipeline_under_kfp_local_registers_in_s3_and_refuses_a_worse_challenger
         == json.loads((bundle.folder / "model_card.json").read_text())["data"]["data_sha256"]
     )
     snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
-    assert snapshot["is_fraud"].isna().any()  # labels not yet known at the end are blanked
+    # labels not yet known at the end are presumed genuine: frauds reported later are 0 there
+    raw = pd.read_parquet(training_file).set_index("transaction_id")
+    late = raw.loc[snapshot["transaction_id"], "label_known_at"] > raw["timestamp"].max()
+    assert late.any() and snapshot["is_fraud"].notna().all()
+    frauds = raw.loc[snapshot["transaction_id"], "is_fraud"].to_numpy()
+    assert (snapshot["is_fraud"].to_numpy() == np.where(late.to_numpy(), 0, frauds)).all()
 
     worse = run_training_locally(
         str(training_file),

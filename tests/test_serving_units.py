@@ -10,6 +10,7 @@ import json
 import math
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from serving_helpers import instance, later_transactions, shared_model, tensors
 from components.bundle import Bundle, fetch_bundle
 from components.features import compute_features
 from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE, make_record, read_records
-from components.scoring import reason_codes
+from components.scoring import format_reasons, reason_codes
 from components.store import LocalStore
 from serving.errors import InvalidTransactions, PayloadTooLarge, ServingError
 from serving.features import OnlineFeatures
@@ -30,7 +31,7 @@ from serving.log_sink import Event, EventPairer, records_from_pair
 from serving.log_writer import InferenceLogWriter, LogEntry, prebuilt
 from serving.metrics import ArrayHistogram, ServingMetrics
 from serving.model import FraudDetector, ServingConfig
-from serving.scorer import format_reasons
+from serving.scorer import Scorer
 from serving.source import parse_model_uri
 from serving.state import InMemoryOnlineState
 from serving.transactions import TransactionSchema, from_instances, from_tensors
@@ -250,6 +251,35 @@ def test_online_features_equal_batch_features_one_by_one_and_in_batches(bundle):
         np.testing.assert_allclose(np.vstack(got), expected, rtol=1e-6, equal_nan=True)
 
 
+def test_online_features_equal_the_features_training_sees(tmp_path_factory, bundle):
+    """No training/serving skew: served from a snapshot taken at time T, the next days get the
+    features that training computes over the whole history, where every transaction older than
+    the label delay counts as labelled. Only frauds reported after T cannot be known online."""
+    from components.steps.register import _snapshot
+
+    spec, model = bundle.spec(), bundle.model()
+    data = shared_model(tmp_path_factory).data.sort_values("timestamp", kind="stable")
+    cut = data["timestamp"].max() - pd.Timedelta(days=5)  # less than the label delay
+    past, new = data[data["timestamp"] <= cut], data[data["timestamp"] > cut].head(600)
+    assert spec.label_delay_days > 5 and len(new) == 600
+    # genuine transactions are confirmed weeks later: most labels are not known at T
+    assert (past["label_known_at"] > cut).mean() > 0.3
+    knowable = pd.concat([past, new], ignore_index=True)
+    reported_late = (knowable["label_known_at"] > cut) & (knowable["is_fraud"] == 1)
+    knowable.loc[reported_late, "is_fraud"] = 0
+    expected = compute_features(knowable, spec)[model.feature_names].to_numpy()[len(past) :]
+
+    state = InMemoryOnlineState(spec.history_days + 1)
+    state.load_frame(_snapshot(past, spec))
+    online, got = OnlineFeatures(spec, model.feature_names), []
+    instances = [instance(r) for r in new.to_dict("records")]
+    for k in range(0, len(instances), 50):
+        batch = from_instances({"instances": instances[k : k + 50]}, TransactionSchema())
+        got.append(online.compute(batch, state))
+        state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
+    np.testing.assert_allclose(np.vstack(got), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_reason_codes_are_the_batch_reason_codes(bundle):
     spec, model = bundle.spec(), bundle.model()
     frame = later_transactions(50)
@@ -258,6 +288,77 @@ def test_reason_codes_are_the_batch_reason_codes(bundle):
     got = format_reasons(model.feature_names, matrix, model.contributions(matrix), 3)
     assert got == reason_codes(model, features, 3)
     assert any(got)
+
+
+@pytest.mark.parametrize("method", ["approx", "exact"])
+def test_explain_gives_the_batch_scores_and_contributions(bundle, method):
+    model = bundle.model()
+    assert model._dense_predictor() is not None  # the direct C-API path is the one tested
+    features = compute_features(later_transactions(60), bundle.spec())
+    matrix = features[model.feature_names].to_numpy()
+    scores = model.predict(matrix)
+    contributions = model.contributions(matrix, method)
+    threshold = float(np.quantile(scores, 0.8))
+    for min_score, rows in (
+        (-np.inf, np.arange(len(matrix))),
+        (threshold, np.flatnonzero(scores >= threshold)),
+        (2.0, np.zeros(0, int)),
+        (None, np.zeros(0, int)),
+    ):
+        explained = model.explain(matrix, min_score, method)
+        np.testing.assert_array_equal(explained.score, scores)
+        np.testing.assert_array_equal(explained.rows, rows)
+        np.testing.assert_allclose(explained.contributions, contributions[rows], atol=1e-6)
+    # one row at a time (the server's common case) gives the same numbers
+    for i in range(5):
+        one = model.explain(matrix[i : i + 1], -np.inf, method)
+        assert one.score[0] == scores[i]
+        np.testing.assert_allclose(one.contributions[0], contributions[i], atol=1e-6)
+
+
+def test_exact_and_approx_contributions_both_add_up_to_the_log_odds(bundle):
+    model = bundle.model()
+    features = compute_features(later_transactions(40), bundle.spec())
+    scores = model.predict(features)
+    margin = np.log(scores / (1 - scores))
+    for method in ("approx", "exact"):
+        explained = model.explain(features, -np.inf, method)
+        bias = margin - explained.contributions.sum(axis=1)
+        np.testing.assert_allclose(bias, bias[0], atol=1e-4)  # the same bias for every row
+    with pytest.raises(ValueError, match="contributions 'shap': choose one of"):
+        model.explain(features, None, "shap")
+
+
+def test_scorer_reasons_for_alerts_explains_only_alerts(bundle):
+    state = _state(bundle)
+    scorer = Scorer(bundle, state, 3, "alerts")
+    instances = [instance(r) for r in later_transactions(120).to_dict("records")]
+    batch = from_instances({"instances": instances}, TransactionSchema())
+    scored = scorer.score(batch)
+    assert scored.alert.any() and not scored.alert.all()
+    for reasons, alert in zip(scored.reasons, scored.alert.tolist(), strict=True):
+        assert bool(reasons) == alert  # every alert explained, no pass
+    with pytest.raises(ValueError, match="contributions 'shap'"):
+        Scorer(bundle, state, 3, "all", "shap")
+
+
+def test_request_entries_pickle_compactly_and_give_the_same_records(bundle):
+    import pickle
+
+    detector = FraudDetector(
+        "fraud",
+        parse_model_uri(str(bundle.folder)),
+        ServingConfig(replay_log=False, log_features=True),
+    )
+    detector.load()
+    entries: list[LogEntry] = []
+    detector.writer = SimpleNamespace(submit=entries.append)  # type: ignore[assignment]
+    rows = [instance(r) for r in later_transactions(80).to_dict("records")]
+    detector.predict({"instances": rows[:1]})
+    detector.predict({"instances": rows[1:]})  # larger than a small column
+    for entry in entries:
+        copy = pickle.loads(pickle.dumps(entry))
+        assert copy.records() == entry.records()
 
 
 def test_state_memory_is_bounded_by_the_retention_window():

@@ -3,9 +3,17 @@
 :func:`compute_features` is the one definition used by training, batch scoring and the model
 server. Windowed features of a transaction only see rows strictly before it; terminal fraud
 rates only see labels older than the label delay.
+
+The arithmetic is in two numpy-level cores, :func:`numeric_features` (the transaction alone)
+and :func:`windowed_features` (its customer's and terminal's history). The batch path here
+feeds them columns of a DataFrame; the model server (``serving/features.py``) feeds them one
+request's arrays and the rows of its online state, so both compute the same values.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -13,42 +21,88 @@ import pandas as pd
 from components.features.spec import FeatureSpec
 from components.features.windows import (
     MS_PER_DAY,
+    EntityRows,
     KeyedHistory,
     previous_time_gap_ms,
-    window_count_sum,
+    window_bounds,
 )
 from components.schema import LABEL
 
-__all__ = ["compute_features", "stateless_features"]
+__all__ = ["compute_features", "numeric_features", "stateless_features", "windowed_features"]
+
+SORT_QUERIES_FROM = 256
+"""From this many queries on, window searches run in key order (ascending needles are much
+faster to search; sorting a handful costs more than it saves)."""
+
+
+def numeric_features(
+    amount: np.ndarray,
+    hour: np.ndarray,
+    day_of_week: np.ndarray,
+    numeric: Mapping[str, np.ndarray],
+    spec: FeatureSpec,
+) -> dict[str, np.ndarray]:
+    """The stateless numeric features: every feature but the one-hot categories and windows.
+
+    Args:
+        amount: Transaction amounts (float64).
+        hour: Hour of the day in UTC, integers 0..23.
+        day_of_week: Monday 0 to Sunday 6, integers.
+        numeric: ``account_balance``, ``account_age_days`` and the spec's ``extra_numeric``
+            columns (float64, NaN where missing).
+        spec: Which features.
+
+    Returns:
+        Feature name -> values.
+    """
+    balance = numeric["account_balance"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {
+            "amount": amount,
+            "log_amount": np.log1p(amount),
+            "hour": hour.astype(np.float64),
+            "day_of_week": day_of_week.astype(np.float64),
+            "is_weekend": (day_of_week >= 5).astype(np.float64),
+            "is_night": _night_table(tuple(spec.night_hours))[hour],
+            "account_balance": balance,
+            "account_age_days": numeric["account_age_days"],
+            "amount_to_balance": np.where(
+                balance > 0, amount / np.where(balance > 0, balance, 1), np.nan
+            ),
+        }
+    for name in spec.extra_numeric:
+        out[name] = numeric[name]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _night_table(night_hours: tuple[int, ...]) -> np.ndarray:
+    """``is_night`` per hour 0..23 (a lookup is cheaper than :func:`numpy.isin` per call)."""
+    table = np.isin(np.arange(24), night_hours).astype(np.float64)
+    table.flags.writeable = False
+    return table
 
 
 def stateless_features(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """Features that depend on the transaction alone."""
     n = len(frame)
-    amount = frame["amount"].to_numpy(dtype=np.float64)
     ts = frame["timestamp"]
-    hour = ts.dt.hour.to_numpy()
-    dow = ts.dt.dayofweek.to_numpy()
 
     def numeric(name: str) -> np.ndarray:
         if name in frame.columns:
             return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
         return np.full(n, np.nan)
 
-    balance = numeric("account_balance")
-    out: dict[str, np.ndarray] = {
-        "amount": amount,
-        "log_amount": np.log1p(amount),
-        "hour": hour.astype(np.float64),
-        "day_of_week": dow.astype(np.float64),
-        "is_weekend": (dow >= 5).astype(np.float64),
-        "is_night": np.isin(hour, spec.night_hours).astype(np.float64),
-        "account_balance": balance,
-        "account_age_days": numeric("account_age_days"),
-        "amount_to_balance": np.where(
-            balance > 0, amount / np.where(balance > 0, balance, 1), np.nan
-        ),
-    }
+    out = numeric_features(
+        frame["amount"].to_numpy(dtype=np.float64),
+        ts.dt.hour.to_numpy(),
+        ts.dt.dayofweek.to_numpy(),
+        {
+            name: numeric(name)
+            for name in ("account_balance", "account_age_days", *spec.extra_numeric)
+        },
+        spec,
+    )
     for name, vocabulary in spec.vocabularies.items():
         if name in frame.columns:
             values = frame[name].astype(object).to_numpy()
@@ -62,8 +116,6 @@ def stateless_features(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.n
         else:
             for v in (*vocabulary, "other"):
                 out[f"{name}={v}"] = np.zeros(n)
-    for name in spec.extra_numeric:
-        out[name] = numeric(name)
     return out
 
 
@@ -123,65 +175,137 @@ def _ms(ts: pd.Series, epoch: pd.Timestamp) -> np.ndarray:
 def _windowed(
     frame: pd.DataFrame, past: pd.DataFrame, spec: FeatureSpec, epoch: pd.Timestamp
 ) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
     q_ms, h_ms = _ms(frame["timestamp"], epoch), _ms(past["timestamp"], epoch)
-    longest = int((spec.history_days + 1) * MS_PER_DAY)
-    span = int(max(q_ms.max(), h_ms.max())) + longest + 1
-
     h_cust, q_cust = _codes(past["customer_id"], frame["customer_id"])
-    cust, _ = KeyedHistory.build(h_cust, h_ms, {"amount": past["amount"].to_numpy()}, span)
-    # Binary searches are much faster with ascending needles: work in key order, then undo it.
-    q_keys, unsort = _sorted_keys(q_cust, q_ms, span)
-    mean = np.full(len(frame), np.nan)
-    for w in spec.customer_windows_days:
-        count, total = window_count_sum(cust, q_keys, w * MS_PER_DAY, 0, "amount")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        out[f"customer_count_{w}d"] = count.astype(np.float64)
-        out[f"customer_sum_{w}d"] = total
-        out[f"customer_mean_{w}d"] = mean
-    out["customer_seconds_since_previous"] = previous_time_gap_ms(cust, q_keys) / 1000.0
-    # the mean over the longest customer window is "the customer's usual amount"
-    amount = frame["amount"].to_numpy(dtype=np.float64)[np.argsort(unsort)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["amount_vs_customer_mean"] = np.where(mean > 0, amount / mean, np.nan)
-
+    h_term, q_term = _codes(past["terminal_id"], frame["terminal_id"])
     labels = (
         pd.to_numeric(past[LABEL], errors="coerce").to_numpy(dtype=np.float64)
         if LABEL in past.columns
         else np.full(len(past), np.nan)
     )
-    h_term, q_term = _codes(past["terminal_id"], frame["terminal_id"])
+    return windowed_features(
+        spec,
+        EntityRows(h_cust, h_ms, past["amount"].to_numpy(dtype=np.float64)),
+        EntityRows(h_term, h_ms, labels),
+        q_cust,
+        q_term,
+        q_ms,
+        frame["amount"].to_numpy(dtype=np.float64),
+    )
+
+
+def windowed_features(
+    spec: FeatureSpec,
+    customers: EntityRows,
+    terminals: EntityRows,
+    query_customer: np.ndarray,
+    query_terminal: np.ndarray,
+    query_ms: np.ndarray,
+    amount: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The customer and terminal window features of transactions (the queries).
+
+    Args:
+        spec: Which windows, and the label delay.
+        customers: Customer rows (value: amount), the queries' own transactions included:
+            each is history for the later ones, never for itself or same-time rows.
+        terminals: Terminal rows (value: fraud label, NaN while unknown), likewise.
+        query_customer: Each query's customer, coded as ``customers.group``.
+        query_terminal: Each query's terminal, coded as ``terminals.group``.
+        query_ms: Each query's time (same origin as the rows' times).
+        amount: Each query's amount.
+
+    Returns:
+        Feature name -> values, in the queries' order.
+
+    Raises:
+        OverflowError: too many entities for the time span (see :class:`KeyedHistory`).
+    """
+    epoch = int(min(customers.time_ms.min(), terminals.time_ms.min()))
+    c_ms, t_ms, q_ms = customers.time_ms - epoch, terminals.time_ms - epoch, query_ms - epoch
+    longest = int((spec.history_days + 1) * MS_PER_DAY)
+    span = int(max(c_ms.max(), t_ms.max())) + longest + 1
+    cust, _ = KeyedHistory.build(customers.group, c_ms, {"amount": customers.value}, span)
+    unknown = np.isnan(terminals.value)
     term, _ = KeyedHistory.build(
-        h_term,
-        h_ms,
-        {"fraud": np.nan_to_num(labels), "labelled": (~np.isnan(labels)).astype(np.float64)},
+        terminals.group,
+        t_ms,
+        {
+            "fraud": np.where(unknown, 0.0, terminals.value),
+            "labelled": (~unknown).astype(np.float64),
+        },
         span,
     )
-    t_keys, t_unsort = _sorted_keys(q_term, q_ms, span)
-    delay = int(spec.label_delay_days * MS_PER_DAY)
-    for w in spec.terminal_windows_days:
-        count, _ = window_count_sum(term, t_keys, w * MS_PER_DAY, 0)
-        _, frauds = window_count_sum(term, t_keys, w * MS_PER_DAY + delay, delay, "fraud")
-        _, labelled = window_count_sum(term, t_keys, w * MS_PER_DAY + delay, delay, "labelled")
-        out[f"terminal_count_{w}d"] = count[t_unsort].astype(np.float64)
-        rate = np.where(labelled > 0, frauds / np.maximum(labelled, 1), 0.0)
-        out[f"terminal_fraud_rate_{w}d"] = rate[t_unsort]
-    customer_names = [k for k in out if k.startswith(("customer_", "amount_vs"))]
-    for name in customer_names:
-        out[name] = out[name][unsort]
+    c_keys = query_customer.astype(np.int64, copy=False) * span + q_ms
+    t_keys = query_terminal.astype(np.int64, copy=False) * span + q_ms
+    out = _in_key_order(_customer_windows, cust, c_keys, spec, amount)
+    out.update(_in_key_order(_terminal_windows, term, t_keys, spec))
     return out
 
 
-def _sorted_keys(
-    codes: np.ndarray, time_ms: np.ndarray, span: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Query keys in ascending order, and the positions that restore the original order."""
-    keys = codes.astype(np.int64) * span + time_ms
+def _in_key_order(
+    compute: Callable[..., dict[str, np.ndarray]],
+    history: KeyedHistory,
+    keys: np.ndarray,
+    spec: FeatureSpec,
+    *columns: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """``compute`` over queries sorted by key when there are many; results in query order."""
+    if len(keys) < SORT_QUERIES_FROM:
+        return compute(history, keys, spec, *columns)
     order = np.argsort(keys, kind="stable")
-    unsort = np.empty_like(order)
-    unsort[order] = np.arange(len(order))
-    return keys[order], unsort
+    in_order = compute(history, keys[order], spec, *(c[order] for c in columns))
+    out = {}
+    for name, values in in_order.items():
+        out[name] = np.empty_like(values)
+        out[name][order] = values
+    return out
+
+
+def _customer_windows(
+    history: KeyedHistory, keys: np.ndarray, spec: FeatureSpec, amount: np.ndarray
+) -> dict[str, np.ndarray]:
+    windows = spec.customer_windows_days
+    bounds = window_bounds(history, keys, [*(w * MS_PER_DAY for w in windows), 0])
+    before, sums = bounds[-1], history.cumsums["amount"]
+    out: dict[str, np.ndarray] = {}
+    mean = np.full(len(keys), np.nan)
+    for lo, w in zip(bounds, windows, strict=False):
+        hi = np.maximum(before, lo)
+        count, total = hi - lo, sums[hi] - sums[lo]
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        out[f"customer_count_{w}d"] = count.astype(np.float64)
+        out[f"customer_sum_{w}d"] = total
+        out[f"customer_mean_{w}d"] = mean
+    out["customer_seconds_since_previous"] = previous_time_gap_ms(history, keys, before) / 1000.0
+    # the mean over the longest customer window is "the customer's usual amount"
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["amount_vs_customer_mean"] = np.where(mean > 0, amount / mean, np.nan)
+    return out
+
+
+def _terminal_windows(
+    history: KeyedHistory, keys: np.ndarray, spec: FeatureSpec
+) -> dict[str, np.ndarray]:
+    windows = spec.terminal_windows_days
+    delay = int(spec.label_delay_days * MS_PER_DAY)
+    lengths = [w * MS_PER_DAY for w in windows]
+    # edges: volume windows [t - w, t), label windows [t - w - delay, t - delay)
+    bounds = window_bounds(history, keys, [*lengths, 0, *(n + delay for n in lengths), delay])
+    k = len(windows)
+    seen, known = bounds[k], bounds[-1]
+    frauds, labelled = history.cumsums["fraud"], history.cumsums["labelled"]
+    out: dict[str, np.ndarray] = {}
+    for i, w in enumerate(windows):
+        lo = bounds[i]
+        out[f"terminal_count_{w}d"] = (np.maximum(seen, lo) - lo).astype(np.float64)
+        lo = bounds[k + 1 + i]
+        hi = np.maximum(known, lo)
+        n_frauds, n_labelled = frauds[hi] - frauds[lo], labelled[hi] - labelled[lo]
+        out[f"terminal_fraud_rate_{w}d"] = np.where(
+            n_labelled > 0, n_frauds / np.maximum(n_labelled, 1), 0.0
+        )
+    return out
 
 
 def _empty_windowed(n: int, spec: FeatureSpec) -> dict[str, np.ndarray]:

@@ -163,7 +163,9 @@ def _reference_sample(raw, feats, mask, spec, model, n: int) -> pd.DataFrame:
 def _snapshot(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Transactions the online windows still need at the end of the data.
 
-    Labels that were not yet known at that time are blanked, as they would be in production.
+    A label not yet known at that time is presumed genuine (0), as the server presumes for the
+    transactions it scores and as training does (every transaction older than the label delay
+    counts as labelled): a fraud that is reported later is not known to the online state.
     """
     end = raw["timestamp"].max()
     start = end - pd.Timedelta(days=spec.history_days)
@@ -175,7 +177,7 @@ def _snapshot(raw: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     recent = raw.loc[raw["timestamp"] > start, cols].copy()
     if "label_known_at" in raw:
         unknown = raw.loc[raw["timestamp"] > start, "label_known_at"] > end
-        recent[LABEL] = recent[LABEL].astype("float64").where(~unknown.to_numpy())
+        recent[LABEL] = recent[LABEL].astype("float64").where(~unknown.to_numpy(), 0.0)
     recent["customer_id"] = recent["customer_id"].astype(str)
     recent["terminal_id"] = recent["terminal_id"].astype(str)
     return recent.reset_index(drop=True)
