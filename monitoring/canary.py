@@ -95,7 +95,9 @@ class CanaryThresholds:
             of fewer is about the slowest single request, e.g. the canary's first, cold one);
             with fewer they are skipped.
         max_score_psi: Highest population stability index of the canary's scores against the
-            stable scores' deciles (0.1: a small shift; 0.25: a major one).
+            stable scores' deciles (0.1: a small shift; 0.25: a major one). None (``null`` in
+            YAML): measured and recorded but not a gate, for a model retrained on changed
+            behaviour, whose scores are expected to differ.
         min_alert_rate_ratio: Lowest canary alert rate / stable alert rate.
         max_alert_rate_ratio: Highest canary alert rate / stable alert rate.
         significance_z: A ratio outside the band fails only when the two alert rates differ by
@@ -115,7 +117,7 @@ class CanaryThresholds:
     max_latency_p99_ratio: float = 1.5
     latency_ratio_min_ms: float = 25.0
     min_latency_samples: int = 200
-    max_score_psi: float = 0.25
+    max_score_psi: float | None = 0.25
     min_alert_rate_ratio: float = 0.5
     max_alert_rate_ratio: float = 2.0
     significance_z: float = 3.0
@@ -144,7 +146,7 @@ class CanaryThresholds:
         positive = (
             "max_latency_p99_ms",
             "max_latency_p99_ratio",
-            "max_score_psi",
+            *(("max_score_psi",) if self.max_score_psi is not None else ()),
             "max_alert_rate_ratio",
             "significance_z",
         )
@@ -200,6 +202,8 @@ def load_thresholds(path: str | Path | None, **overrides: Any) -> CanaryThreshol
             f"known: {', '.join(sorted(known))}"
         )
     for name, value in values.items():
+        if name == "max_score_psi" and value is None:  # null: recorded, not a gate
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CanaryConfigError(
                 f"{path or 'thresholds'}: {name} is {value!r}; use a number "
@@ -577,7 +581,10 @@ def _scores(stable: VersionWindow, canary: VersionWindow, t: CanaryThresholds) -
     psi = score_psi(stable.scores, canary.scores)
     noise = psi_noise(canary.transactions, stable.transactions, t.significance_z)
     means = f"mean score {canary.scores.mean():.4f} canary vs {stable.scores.mean():.4f} stable"
-    if psi <= t.max_score_psi:
+    if t.max_score_psi is None:  # measured and recorded, not a gate
+        status, verdict = "skipped", "reported only: max_score_psi is off"
+        psi_threshold = "off"
+    elif psi <= t.max_score_psi:
         status, verdict = "pass", f"<= {t.max_score_psi:g}"
     elif psi > noise:
         status, verdict = "fail", f"> {t.max_score_psi:g}, chance level {noise:.3f}"

@@ -137,7 +137,7 @@ def daily_performance(
     joined = joined[joined["is_fraud"].notna()]
     joined["day"] = joined["time"].dt.strftime("%Y-%m-%d")
     rows = []
-    for (day, version), group in joined.groupby(["day", "version"], sort=True):
+    for (day, version), group in joined.groupby(["day", "version"], sort=True, observed=True):
         y = group["is_fraud"].to_numpy(dtype=int)
         alert = (group["decision"] == "alert").to_numpy()
         tp = int((alert & (y == 1)).sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ def run_training_locally(
             stack.callback(logger.setLevel, level)
             log = stack.enter_context(log_path.open("w"))
             stack.enter_context(contextlib.redirect_stdout(log))
+            # kfp.local warns per task that the image and display names are not used locally:
+            # true, and expected (SubprocessRunner runs the same code in this environment).
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message=".*non-Python base image", module="kfp")
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
         try:
             build_training_pipeline()(data_uri=data_uri, store_uri=store_uri, **params)
         except RuntimeError as e:

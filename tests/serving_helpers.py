@@ -162,10 +162,15 @@ CONTEXT = (
 )
 
 
-def later_transactions(n: int, seed: int = 6, start: str = "2026-05-16") -> pd.DataFrame:
-    """Transactions right after the training data (same customer/terminal ids), in time order."""
+def later_transactions(
+    n: int, seed: int = 6, start: str = "2026-05-16", days: int = 2
+) -> pd.DataFrame:
+    """Transactions right after the training data (same customer/terminal ids), in time order.
+
+    About 600 a day: ask for more ``days`` to get more than ~1,200.
+    """
     frame = generate_transactions(
-        GeneratorConfig(n_customers=300, n_terminals=600, n_days=2, seed=seed, start_date=start)
+        GeneratorConfig(n_customers=300, n_terminals=600, n_days=days, seed=seed, start_date=start)
     )
     frame = frame.drop(columns=["is_fraud", "label_known_at", "fraud_scenario"])
     return frame.sort_values("timestamp", kind="stable").head(n).reset_index(drop=True)

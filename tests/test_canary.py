@@ -392,3 +392,15 @@ def test_read_windows_reads_both_versions_within_the_window_only(tmp_path):
         store, "fraud", "v1", "v9", t0, t0 + timedelta(seconds=10)
     )
     assert empty_canary.transactions == 0 and empty_stable.transactions == 6
+
+
+def test_score_psi_can_be_recorded_without_gating(tmp_path):
+    rng = np.random.default_rng(3)
+    stable = window("v1", scores=rng.beta(1, 15, 2000))
+    canary = window("v2", scores=rng.beta(1, 15, 2000) ** 0.5)  # same ranking, shifted scores
+    off = analyse(stable, canary, CanaryThresholds(max_score_psi=None)).check("score_psi")
+    assert off.status == "skipped" and off.value > 1.0 and off.threshold == "off"
+    assert analyse(stable, canary, CanaryThresholds()).check("score_psi").status == "fail"
+    config = tmp_path / "thresholds.yaml"
+    config.write_text("max_score_psi: null\n")
+    assert load_thresholds(config).max_score_psi is None
