@@ -88,8 +88,9 @@ def run(names: list[str]) -> dict:
             "hardware": hardware(),
             "figures": [asdict(f) for f in figures],
         }
-    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    RESULTS_MD.write_text(render(results))
+        # after each benchmark: a later one failing keeps the figures measured so far
+        RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+        RESULTS_MD.write_text(render(results))
     return results
 
 
