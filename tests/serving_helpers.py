@@ -8,7 +8,6 @@ The bundle comes from the real pipeline step functions, run in-process
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pandas as pd
 
 from components.frames import write_table
 from components.generator import GeneratorConfig, generate_transactions
+from fraudops.local_processes import free_port
 from pipelines.inprocess import run_steps_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,13 +70,6 @@ def shared_model(tmp_path_factory, name: str = MODEL) -> TrainedModel:
     if name not in _TRAINED:
         _TRAINED[name] = train_tiny_model(tmp_path_factory.mktemp(f"model-{name}"), name=name)
     return _TRAINED[name]
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bound and released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
