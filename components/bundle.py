@@ -34,6 +34,7 @@ __all__ = [
     "frame_sha256",
     "list_versions",
     "register_bundle",
+    "remove_alias",
     "resolve",
     "set_alias",
     "verify_folder",
@@ -133,6 +134,25 @@ def set_alias(
         actor,
     )
     return pointer
+
+
+def remove_alias(
+    store: ObjectStore, name: str, alias: str, reason: str = "", actor: str | None = None
+) -> str | None:
+    """Delete ``alias`` (nothing to do when it is not set); return the version it named."""
+    key = f"{_prefix(name)}/aliases/{alias}.json"
+    if not store.exists(key):
+        return None
+    previous = store.get_json(key)["version"]
+    store.delete(key)
+    record_event(
+        store,
+        "alias_removed",
+        {"model": name, "alias": alias, "reason": reason},
+        {"previous": previous},
+        actor,
+    )
+    return previous
 
 
 def register_bundle(

@@ -396,7 +396,7 @@ def _canary(run: _Run, url: str, stable: str, canary: str, step_seconds: float |
         run.frames["replayed"] = pd.concat([run.frames["replayed"], sent])
         run.result.summary["rollout"] = {
             "decision": outcome.decision,
-            "steps": [s.summary() for s in outcome.steps],
+            "steps": ", ".join(f"{s.percent}% {s.verdict.status}" for s in outcome.steps),
             "client requests": replayed.requests,
             "failed": replayed.failed_requests,
         }

@@ -37,7 +37,7 @@ from itertools import pairwise
 from typing import Any
 
 from components.audit import read_audit, record_event
-from components.bundle import BundleError, resolve, set_alias
+from components.bundle import BundleError, remove_alias, resolve, set_alias
 from components.store import ObjectStore
 from monitoring.canary import CanaryThresholds, CanaryVerdict, analyse, read_windows
 from monitoring.rollout_base import (
@@ -299,6 +299,7 @@ class _Rollout:
             {"percent": self.percent, "manual": False},
             {"reason": reason, "steps": self.summary(), "state": state.as_dict()},
         )
+        _clear_canary_alias(self.store, self.model, self.version, f"{self.rollout_id} rollback")
         self.log(f"rolled back: all traffic on {state.stable.version}")
         return self.result("rolled_back", reason, state)
 
@@ -306,6 +307,7 @@ class _Rollout:
         state = self.target.promote()
         self.percent = 100
         alias = _move_alias(self.store, self.model, "champion", self.version, self.rollout_id)
+        _clear_canary_alias(self.store, self.model, self.version, f"{self.rollout_id} promote")
         shares = "/".join(f"{p}%" for p in dict.fromkeys(r.percent for r in self.records))
         reason = (
             f"{self.version} passed {len(self.records)} analysed window(s) at {shares} and now "
@@ -334,6 +336,15 @@ class _Rollout:
             state,
             self.audit_keys,
         )
+
+
+def _clear_canary_alias(store: ObjectStore, model: str, version: str, why: str) -> None:
+    """The canary is gone (promoted or rolled back): ``canary`` must not name it any more."""
+    try:
+        if resolve(store, model, "canary") == version:
+            remove_alias(store, model, "canary", reason=f"rollout {why}")
+    except BundleError:
+        pass  # no canary alias, or a version the registry does not know
 
 
 def _move_alias(store: ObjectStore, model: str, alias: str, version: str, why: str) -> str:
@@ -520,6 +531,7 @@ def _by_hand(
         )
     else:
         state = target.rollback()
+    _clear_canary_alias(store, model, before.canary.version, f"manual {verb}")
     record_event(
         store,
         event,

@@ -131,7 +131,10 @@ def test_a_good_canary_is_promoted_step_by_step(gateway, store):
     assert gateway.split() == ("v2", None, 0)
     assert result.state.stable == Backend("v2", "http://127.0.0.1:9/canary", 100)
     assert resolve(store, MODEL, "champion") == "v2"
-    assert resolve(store, MODEL, "canary") == "v2"
+    removed = read_audit(store, "alias_removed")  # canary named v2 during the rollout only
+    assert [(e["inputs"]["alias"], e["outcome"]["previous"]) for e in removed] == [("canary", "v2")]
+    with pytest.raises(BundleError, match="no alias 'canary'"):
+        resolve(store, MODEL, "canary")
     assert traffic.sleeps == [60, 2, 60, 2]  # each window, then the log delay
     first, second = (s.verdict for s in result.steps)
     # 100 requests/s for 60 s: all counted, about 10% then 50% on the canary, all logged

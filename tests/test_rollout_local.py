@@ -18,7 +18,7 @@ from gateway_helpers import MODEL, GatewayProcess, Traffic, register_copy, rows_
 from serving_helpers import shared_model
 
 from components.audit import read_audit
-from components.bundle import fetch_bundle, register_bundle, resolve
+from components.bundle import BundleError, fetch_bundle, register_bundle, resolve
 from components.store import LocalStore
 from monitoring.canary import CanaryThresholds
 from monitoring.rollout import GatewayMetrics, LocalGatewayTarget, run_rollout
@@ -112,6 +112,8 @@ def test_a_canary_that_flags_everything_is_rolled_back_and_no_client_request_fai
     assert alert_rate.value > THRESHOLDS.max_alert_rate_ratio
     assert Traffic.failures(results) == []
     assert resolve(setup.store, MODEL, "champion") == setup.stable
+    with pytest.raises(BundleError, match="no alias 'canary'"):  # cleared with the rollback
+        resolve(setup.store, MODEL, "canary")
     rollback = read_audit(setup.store, "rollout.rollback")[-1]
     assert rollback["inputs"]["canary"] == setup.bad
     state = LocalGatewayTarget(setup.gateway.url).state()
