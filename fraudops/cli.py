@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -153,6 +154,11 @@ def _serve_until_interrupted(url: str, model: str, stop) -> None:
     {{"name": "amount", "shape": [1], "datatype": "FP64", "data": [912.5]}}]}}'
   curl -s {url}/rollout      # which versions serve, and the canary's share"""
     )
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the servers as cleanly as Ctrl-C
     try:
         while True:
             time.sleep(3600)
