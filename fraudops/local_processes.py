@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
+from components.lifetime import child_env
 
 __all__ = ["LocalProcess", "ProcessFailedError", "free_port"]
 
@@ -51,7 +52,7 @@ class LocalProcess:
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            env={**child_env(), **(env or {}), "PYTHONUNBUFFERED": "1"},  # dies with us
             stdout=self._out,
             stderr=subprocess.STDOUT,
         )

@@ -25,6 +25,8 @@ from kserve import logging as kserve_logging
 from kserve.errors import ModelMissingError
 from kserve.utils.utils import strtobool
 
+from components.lifetime import die_with_parent
+
 __all__ = ["LocalModelServer", "build_parser", "main"]
 
 log = logging.getLogger("fraudops.serving")
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the bundle and serve until SIGTERM/SIGINT; the inference log is flushed at exit."""
     args = build_parser().parse_args(argv)
+    die_with_parent()  # a server launched by the gateway or the demo goes when they go
     # A request's rows are few: OpenMP worker threads (xgboost) only contend with the server's
     # own thread; on a busy 2-core machine a DMatrix built with all threads took 6 ms, not 0.1.
     # Set before xgboost is imported (by load()); an explicit OMP_NUM_THREADS wins.

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from components.lifetime import die_with_parent
 from serving.gateway_config import GatewayConfig, RolloutError
 from serving.gateway_control import Forwarded, Gateway
 from serving.gateway_http import create_gateway_app
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(_join_server_args(sys.argv[1:] if argv is None else argv))
+    die_with_parent()  # a gateway launched by the demo goes when the demo goes
     config = config_from_args(args)
     try:
         config.source()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
+from components.lifetime import child_env
 
 __all__ = ["LaunchError", "ModelServerProcess", "free_port"]
 
@@ -88,7 +89,7 @@ class ModelServerProcess:
         self._out = log_file.open("wb")
         self.proc = subprocess.Popen(
             command,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**child_env(), "PYTHONUNBUFFERED": "1"},  # the server dies with us
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
