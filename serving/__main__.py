@@ -33,16 +33,39 @@ log = logging.getLogger("fraudops.serving")
 
 
 class LocalModelServer(ModelServer):
-    """KServe's ``ModelServer`` with a configurable bind address (KServe binds 0.0.0.0)."""
+    """KServe's ``ModelServer`` with a configurable bind address (KServe binds 0.0.0.0).
+
+    With latency logging off, it also leaves out the ``TimingMiddleware`` that KServe adds to
+    every app only to feed that log (it resolves the route name of every request again).
+    """
 
     def __init__(self, host: str = "0.0.0.0", **kwargs) -> None:
         super().__init__(**kwargs)
         self.host = host
+        if not self.enable_latency_logging:
+            _skip_timing_middleware()
 
     async def _serve(self) -> None:
         if self._rest_server is not None:
             self._rest_server.config.host = self.host
         await super()._serve()
+
+
+def _skip_timing_middleware() -> None:
+    """Make KServe's REST server drop timing_asgi's middleware after adding its own."""
+    from kserve.protocol.rest import server
+    from timing_asgi import TimingMiddleware
+
+    add = server.RESTServer._add_middlewares
+    if getattr(add, "fraudops_skips_timing", False):
+        return
+
+    def add_without_timing(self, app) -> None:
+        add(self, app)
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
+
+    add_without_timing.fraudops_skips_timing = True
+    server.RESTServer._add_middlewares = add_without_timing
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -563,3 +563,16 @@ def test_sink_pairs_in_either_order_and_expires_orphans():
     assert record["transaction"]["channel"] == "online" and record["source"] == "http://logger/"
     assert pairer.add(_event(REQUEST_TYPE, {"instances": [GOOD]}, "orphan", t0)) is None
     assert pairer.expire(now=time.monotonic() + 11) == 1 and len(pairer) == 0
+
+
+def test_without_latency_logging_kserve_timing_middleware_is_left_out():
+    import fastapi
+    from kserve.protocol.rest.server import RESTServer
+    from timing_asgi import TimingMiddleware
+
+    from serving.__main__ import LocalModelServer
+
+    LocalModelServer(http_port=0, enable_grpc=False, enable_latency_logging=False)
+    app = fastapi.FastAPI()
+    RESTServer._add_middlewares(SimpleNamespace(access_log_format=None), app)
+    assert TimingMiddleware not in [m.cls for m in app.user_middleware]
