@@ -468,7 +468,8 @@ def test_canary_gets_its_share_and_is_promoted_under_traffic(gateway, admin, mod
     assert r.status_code == 200, r.text
     canary_url = r.json()["canary"]["url"]
     assert httpx.get(canary_url + f"/v2/models/{MODEL}", timeout=10).json()["name"] == MODEL
-    traffic = Traffic(gateway.url, rows_after_training(400, seed=31), threads=2)
+    # enough rows to keep sending through the promotion (which drains and stops a server)
+    traffic = Traffic(gateway.url, rows_after_training(3000, seed=31, days=6), threads=2)
     traffic.wait_for(200)
     promoted_at = time.time()
     promoted = admin.post("/rollout/promote")  # the clients keep sending
