@@ -229,6 +229,7 @@ def _serve(run: _Run):
     with run.stage("serve v1 (KServe model server behind the local gateway)") as row:
         port = free_port()
         args = [
+            *("-m", "serving.gateway"),
             "--model_uri",
             f"{run.store_uri}#{MODEL_NAME}:champion",
             "--port",
@@ -237,7 +238,6 @@ def _serve(run: _Run):
             *("--server_arg", "--reasons_for", "--server_arg", "alerts"),
         ]
         gateway = LocalProcess(
-            "serving.gateway",
             args,
             f"http://127.0.0.1:{port}/v2/health/ready",
             run.home / "logs" / "gateway.log",

@@ -28,30 +28,31 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalProcess:
-    """``python -m <module> <args>``, its output in a log file, ready when a URL answers 200.
+    """``python <argv>``, its output in a log file, ready when a URL answers 200.
 
     Args:
-        module: The module to run, e.g. ``serving.gateway``.
-        args: Its arguments.
+        argv: Python's arguments, e.g. ``["-m", "serving.gateway", "--port", "8080"]``.
         ready_url: GET URL that answers 200 once the process serves.
         log: File receiving stdout and stderr.
         env: Extra environment variables.
+        cwd: Working directory (default: this process').
     """
 
     def __init__(
         self,
-        module: str,
-        args: Sequence[str],
+        argv: Sequence[str],
         ready_url: str,
         log: Path,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.ready_url = ready_url
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [sys.executable, *argv],
+            cwd=cwd,
             env={**child_env(), **(env or {}), "PYTHONUNBUFFERED": "1"},  # dies with us
             stdout=self._out,
             stderr=subprocess.STDOUT,

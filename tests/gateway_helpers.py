@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,6 +16,7 @@ from serving_helpers import tensors as to_tensors
 
 from components.bundle import fetch_bundle, register_bundle
 from components.store import LocalStore
+from fraudops.local_processes import LocalProcess
 
 MODEL = "fraud"
 V1 = f"/v1/models/{MODEL}:predict"
@@ -30,15 +29,8 @@ class GatewayProcess(ServerProcess):
     def __init__(self, args: list[str], log: Path) -> None:
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.log = log
-        self._fh = log.open("wb")
-        self.ready_path = "/v2/health/ready"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.gateway", "--port", str(self.http_port), *args],
-            cwd=ROOT,
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-        )
+        argv = ["-m", "serving.gateway", "--port", str(self.http_port), *args]
+        LocalProcess.__init__(self, argv, self.url + "/v2/health/ready", log, cwd=ROOT)
 
 
 class FailingBackend:

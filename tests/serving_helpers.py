@@ -7,20 +7,15 @@ The bundle comes from the real pipeline step functions, run in-process
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pandas as pd
 
 from components.frames import write_table
 from components.generator import GeneratorConfig, generate_transactions
-from fraudops.local_processes import free_port
+from fraudops.local_processes import LocalProcess, free_port
 from pipelines.inprocess import run_steps_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +67,7 @@ def shared_model(tmp_path_factory, name: str = MODEL) -> TrainedModel:
     return _TRAINED[name]
 
 
-class ServerProcess:
+class ServerProcess(LocalProcess):
     """A real ``python -m <module>`` process on a free loopback port.
 
     Args:
@@ -95,8 +90,6 @@ class ServerProcess:
     ) -> None:
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.log = log
-        self._fh = log.open("wb")
         if module == "serving.log_sink":
             command = ["-m", module, "--port", str(self.http_port)]
         elif module == "fraudops serve":  # the CLI command, as `fraudops serve` will run it
@@ -104,45 +97,16 @@ class ServerProcess:
         else:
             command = ["-m", module, "--http_port", str(self.http_port)]
             command += ["--grpc_port", str(free_port())]
-        full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, *command, *args],
-            cwd=ROOT,
-            env=full_env,
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-        )
-        self.ready_path = ready_path
+        super().__init__([*command, *args], self.url + ready_path, log, env, cwd=ROOT)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()}")
+        super().wait_ready(timeout)
 
     def output(self) -> str:
-        if not self._fh.closed:
-            self._fh.flush()
-        return self.log.read_text(errors="replace")[-6000:]
+        return self.tail(6000)
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, wait; SIGKILL if it does not stop. Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._fh.close()
-        return self.proc.returncode
+        return super().stop(timeout)
 
 
 CONTEXT = (
