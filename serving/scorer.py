@@ -100,6 +100,7 @@ class Scorer:
         if self.model.model_type == "xgboost":
             # one request's rows are few: OpenMP threads only add contention with the server
             self.model.estimator.set_param({"nthread": 1})
+            self.model.compiled_trees()  # compile and check now, before the server is ready
         self.features = OnlineFeatures(self.spec, self.model.feature_names)
         self.state = state
         self.n_reasons = n_reasons
