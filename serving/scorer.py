@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from components.bundle import Bundle
+from components.features.windows import compile_kernels
 from components.model import CONTRIBUTION_METHODS, DEFAULT_CONTRIBUTIONS, FraudModel
 from components.scoring import format_reasons
 from serving.features import OnlineFeatures, entity_codes
@@ -102,6 +103,7 @@ class Scorer:
             self.model.estimator.set_param({"nthread": 1})
             self.model.compiled_trees()  # compile and check now, before the server is ready
         self.features = OnlineFeatures(self.spec, self.model.feature_names)
+        compile_kernels()
         self.state = state
         self.n_reasons = n_reasons
         self.reasons_for: ReasonsFor = reasons_for

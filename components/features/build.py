@@ -23,8 +23,8 @@ from components.features.windows import (
     MS_PER_DAY,
     EntityRows,
     KeyedHistory,
-    previous_time_gap_ms,
-    window_bounds,
+    customer_window_values,
+    terminal_window_values,
 )
 from components.schema import LABEL
 
@@ -266,45 +266,42 @@ def _customer_windows(
     history: KeyedHistory, keys: np.ndarray, spec: FeatureSpec, amount: np.ndarray
 ) -> dict[str, np.ndarray]:
     windows = spec.customer_windows_days
-    bounds = window_bounds(history, keys, [*(w * MS_PER_DAY for w in windows), 0])
-    before, sums = bounds[-1], history.cumsums["amount"]
+    values = customer_window_values(
+        history.keys,
+        history.cumsums["amount"],
+        history.span,
+        keys,
+        np.asarray(amount, dtype=np.float64),
+        np.array([w * MS_PER_DAY for w in windows], dtype=np.int64),
+    )
     out: dict[str, np.ndarray] = {}
-    mean = np.full(len(keys), np.nan)
-    for lo, w in zip(bounds, windows, strict=False):
-        hi = np.maximum(before, lo)
-        count, total = hi - lo, sums[hi] - sums[lo]
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        out[f"customer_count_{w}d"] = count.astype(np.float64)
-        out[f"customer_sum_{w}d"] = total
-        out[f"customer_mean_{w}d"] = mean
-    out["customer_seconds_since_previous"] = previous_time_gap_ms(history, keys, before) / 1000.0
+    for j, w in enumerate(windows):
+        out[f"customer_count_{w}d"] = values[3 * j]
+        out[f"customer_sum_{w}d"] = values[3 * j + 1]
+        out[f"customer_mean_{w}d"] = values[3 * j + 2]
+    out["customer_seconds_since_previous"] = values[-2]
     # the mean over the longest customer window is "the customer's usual amount"
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["amount_vs_customer_mean"] = np.where(mean > 0, amount / mean, np.nan)
+    out["amount_vs_customer_mean"] = values[-1]
     return out
 
 
 def _terminal_windows(
     history: KeyedHistory, keys: np.ndarray, spec: FeatureSpec
 ) -> dict[str, np.ndarray]:
+    # volume windows [t - w, t), label windows [t - w - delay, t - delay)
     windows = spec.terminal_windows_days
-    delay = int(spec.label_delay_days * MS_PER_DAY)
-    lengths = [w * MS_PER_DAY for w in windows]
-    # edges: volume windows [t - w, t), label windows [t - w - delay, t - delay)
-    bounds = window_bounds(history, keys, [*lengths, 0, *(n + delay for n in lengths), delay])
-    k = len(windows)
-    seen, known = bounds[k], bounds[-1]
-    frauds, labelled = history.cumsums["fraud"], history.cumsums["labelled"]
+    values = terminal_window_values(
+        history.keys,
+        history.cumsums["fraud"],
+        history.cumsums["labelled"],
+        keys,
+        np.array([w * MS_PER_DAY for w in windows], dtype=np.int64),
+        int(spec.label_delay_days * MS_PER_DAY),
+    )
     out: dict[str, np.ndarray] = {}
-    for i, w in enumerate(windows):
-        lo = bounds[i]
-        out[f"terminal_count_{w}d"] = (np.maximum(seen, lo) - lo).astype(np.float64)
-        lo = bounds[k + 1 + i]
-        hi = np.maximum(known, lo)
-        n_frauds, n_labelled = frauds[hi] - frauds[lo], labelled[hi] - labelled[lo]
-        out[f"terminal_fraud_rate_{w}d"] = np.where(
-            n_labelled > 0, n_frauds / np.maximum(n_labelled, 1), 0.0
-        )
+    for j, w in enumerate(windows):
+        out[f"terminal_count_{w}d"] = values[2 * j]
+        out[f"terminal_fraud_rate_{w}d"] = values[2 * j + 1]
     return out
 
 
