@@ -96,20 +96,36 @@ class KeyedHistory:
             raise OverflowError("too many groups for the time span; split the data by period")
         keys = group.astype(np.int64) * span + time_ms.astype(np.int64)
         order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        cumsums = {name: _cumsum0(v[order]) for name, v in values.items()}
-        return cls(keys, cumsums, span), order
+        columns = np.empty((len(values), len(keys)))
+        for j, column in enumerate(values.values()):
+            columns[j] = column
+        keys, sums = _sorted_cumsums(keys, order, columns)
+        return cls(keys, dict(zip(values, sums, strict=True)), span), order
 
 
-def _cumsum0(values: np.ndarray) -> np.ndarray:
-    """Cumulative sums with a leading 0; NaN counts as 0 (as :func:`numpy.nan_to_num`)."""
-    column = values.astype(np.float64)
-    if not np.isfinite(column).all():  # rare: skip nan_to_num's cost on clean columns
-        column = np.nan_to_num(column)
-    out = np.empty(len(column) + 1)
-    out[0] = 0.0
-    np.cumsum(column, out=out[1:])
-    return out
+@numba.njit(cache=True, nogil=True)
+def _sorted_cumsums(
+    keys: np.ndarray, order: np.ndarray, columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``keys[order]`` and, per row of ``columns``, cumulative sums in that order with a
+    leading 0, NaN counted as 0 and infinities as the largest float (as
+    :func:`numpy.nan_to_num`), added one after the other as :func:`numpy.cumsum` does."""
+    n, c = order.shape[0], columns.shape[0]
+    top = np.finfo(np.float64).max
+    out_keys = np.empty(n, np.int64)
+    sums = np.empty((c, n + 1))
+    sums[:, 0] = 0.0
+    for i in range(n):
+        o = order[i]
+        out_keys[i] = keys[o]
+        for j in range(c):
+            v = columns[j, o]
+            if np.isnan(v):
+                v = 0.0
+            elif np.isinf(v):
+                v = top if v > 0 else -top
+            sums[j, i + 1] = sums[j, i] + v
+    return out_keys, sums
 
 
 @numba.njit(cache=True, nogil=True)
@@ -204,8 +220,9 @@ def terminal_window_values(
 
 
 def compile_kernels() -> None:
-    """Compile (or load from numba's cache) the window kernels now, e.g. before a server
+    """Compile (or load from numba's cache) the kernels of this module now, e.g. before a server
     says it is ready, rather than in its first request."""
     none, one = np.zeros(0, np.int64), np.zeros(1)
+    KeyedHistory.build(none, none, {"value": np.zeros(0)}, 1)
     customer_window_values(none, one, 1, none, np.zeros(0), np.ones(1, np.int64))
     terminal_window_values(none, one, one, none, np.ones(1, np.int64), 1)
