@@ -41,6 +41,9 @@ transaction for a 150-tree model). Both add up to the score's log-odds; their re
 agree on the top feature for about 9 alerts in 10 (``docs/serving.md``). Other model types
 have one kind (exact for logistic regression, none for forests)."""
 DEFAULT_CONTRIBUTIONS = "approx"
+COMPILED_SCORES_UP_TO = 128
+"""Scores of more rows than this come from XGBoost's in-place prediction (its fixed per-call
+cost is amortised there, and its blocked tree walk is about twice as fast on 1,000 rows)."""
 
 MODEL_FILES = {
     "xgboost": "model.json",
@@ -197,7 +200,9 @@ class FraudModel:
                 score, contributions = compiled.explain(matrix)
                 rows = np.arange(len(matrix))
                 return Explained(score.astype(np.float64), rows, contributions[:, :-1])
-            score = compiled.scores(matrix).astype(np.float64)
+            dense = self._dense_predictor() if len(matrix) > COMPILED_SCORES_UP_TO else None
+            # the same bits either way (checked at load); XGBoost walks many rows faster
+            score = (dense.scores(matrix) if dense else compiled.scores(matrix)).astype(np.float64)
             rows = _rows(score, min_score)
             if not len(rows):
                 return Explained(score, rows, np.zeros((0, matrix.shape[1])))

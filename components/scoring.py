@@ -27,16 +27,13 @@ def format_reasons(
         n: Most codes per transaction.
     """
     top = np.argsort(-contributions, axis=1)[:, :n]
-    codes = []
-    for row, columns in enumerate(top):
-        codes.append(
-            [
-                f"{names[c]}={values[row, c]:.4g} (+{contributions[row, c]:.2f})"
-                for c in columns
-                if contributions[row, c] > 0
-            ]
-        )
-    return codes
+    # Python floats format as the numpy scalars do, without a numpy call per code
+    top_values = np.take_along_axis(np.asarray(values), top, axis=1).tolist()
+    top_contributions = np.take_along_axis(contributions, top, axis=1).tolist()
+    return [
+        [f"{names[c]}={v:.4g} (+{k:.2f})" for c, v, k in zip(cols, vs, ks, strict=True) if k > 0]
+        for cols, vs, ks in zip(top.tolist(), top_values, top_contributions, strict=True)
+    ]
 
 
 def reason_codes(
