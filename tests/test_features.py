@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from components.features import FeatureSpec, compute_features
+from components.generator import GeneratorConfig, generate_transactions
 
 SPEC = FeatureSpec()
 T0 = pd.Timestamp("2026-04-01T00:00:00Z")
@@ -174,3 +175,29 @@ def test_a_reduced_spec_gives_the_same_values_for_what_it_keeps(small_frame):
     shared = [c for c in reduced.feature_names() if c in full.columns]
     assert "amount_vs_customer_mean" in shared and "terminal_fraud_rate_7d" not in part
     pd.testing.assert_frame_equal(full[shared], part[shared])
+
+
+def test_too_many_entities_for_64_bit_keys_is_a_clear_error():
+    from components.features.windows import window_values
+
+    one, ms = np.zeros(1, np.int64), np.ones(1, np.int64)
+    huge = np.array([2**61], np.int64)  # entity codes times the span would overflow int64
+    with pytest.raises(OverflowError, match="too many entities for the time span"):
+        window_values(
+            huge, one, np.ones(1), one, one, np.zeros(1), huge, one, one, np.ones(1), ms, ms, 1, 10
+        )
+
+
+def test_windows_when_both_tables_are_large_enough_to_sort_queries():
+    # above SORT_QUERIES_FROM the kernel visits queries in key order: same values as a few
+    from components.features.windows import SORT_QUERIES_FROM
+
+    spec = FeatureSpec()
+    frame = generate_transactions(
+        GeneratorConfig(n_customers=40, n_terminals=30, n_days=20, seed=4)
+    )
+    assert len(frame) > SORT_QUERIES_FROM
+    whole = compute_features(frame, spec)
+    head = frame.iloc[:-3]
+    tail = compute_features(frame.iloc[-3:], spec, history=head)
+    pd.testing.assert_frame_equal(whole.iloc[-3:], tail, check_exact=True)

@@ -13,26 +13,16 @@ request's arrays and the rows of its online state, so both compute the same valu
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from components.features.spec import FeatureSpec
-from components.features.windows import (
-    MS_PER_DAY,
-    EntityRows,
-    KeyedHistory,
-    customer_window_values,
-    terminal_window_values,
-)
+from components.features.windows import MS_PER_DAY, EntityRows, window_values
 from components.schema import LABEL
 
 __all__ = ["compute_features", "numeric_features", "stateless_features", "windowed_features"]
-
-SORT_QUERIES_FROM = 256
-"""From this many queries on, window searches run in key order (ascending needles are much
-faster to search; sorting a handful costs more than it saves)."""
 
 
 def numeric_features(
@@ -219,89 +209,37 @@ def windowed_features(
         Feature name -> values, in the queries' order.
 
     Raises:
-        OverflowError: too many entities for the time span (see :class:`KeyedHistory`).
+        OverflowError: too many entities for the time span (see :func:`window_values`).
     """
-    epoch = int(min(customers.time_ms.min(), terminals.time_ms.min()))
-    c_ms, t_ms, q_ms = customers.time_ms - epoch, terminals.time_ms - epoch, query_ms - epoch
-    longest = int((spec.history_days + 1) * MS_PER_DAY)
-    span = int(max(c_ms.max(), t_ms.max())) + longest + 1
-    cust, _ = KeyedHistory.build(customers.group, c_ms, {"amount": customers.value}, span)
-    unknown = np.isnan(terminals.value)
-    term, _ = KeyedHistory.build(
+    c_windows, t_windows = spec.customer_windows_days, spec.terminal_windows_days
+    delay = int(spec.label_delay_days * MS_PER_DAY)
+    customer, terminal = window_values(
+        customers.group,
+        customers.time_ms,
+        customers.value,
         terminals.group,
-        t_ms,
-        {
-            "fraud": np.where(unknown, 0.0, terminals.value),
-            "labelled": (~unknown).astype(np.float64),
-        },
-        span,
-    )
-    c_keys = query_customer.astype(np.int64, copy=False) * span + q_ms
-    t_keys = query_terminal.astype(np.int64, copy=False) * span + q_ms
-    out = _in_key_order(_customer_windows, cust, c_keys, spec, amount)
-    out.update(_in_key_order(_terminal_windows, term, t_keys, spec))
-    return out
-
-
-def _in_key_order(
-    compute: Callable[..., dict[str, np.ndarray]],
-    history: KeyedHistory,
-    keys: np.ndarray,
-    spec: FeatureSpec,
-    *columns: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """``compute`` over queries sorted by key when there are many; results in query order."""
-    if len(keys) < SORT_QUERIES_FROM:
-        return compute(history, keys, spec, *columns)
-    order = np.argsort(keys, kind="stable")
-    in_order = compute(history, keys[order], spec, *(c[order] for c in columns))
-    out = {}
-    for name, values in in_order.items():
-        out[name] = np.empty_like(values)
-        out[name][order] = values
-    return out
-
-
-def _customer_windows(
-    history: KeyedHistory, keys: np.ndarray, spec: FeatureSpec, amount: np.ndarray
-) -> dict[str, np.ndarray]:
-    windows = spec.customer_windows_days
-    values = customer_window_values(
-        history.keys,
-        history.cumsums["amount"],
-        history.span,
-        keys,
-        np.asarray(amount, dtype=np.float64),
-        np.array([w * MS_PER_DAY for w in windows], dtype=np.int64),
+        terminals.time_ms,
+        terminals.value,
+        query_customer.astype(np.int64, copy=False),
+        query_terminal.astype(np.int64, copy=False),
+        query_ms.astype(np.int64, copy=False),
+        amount.astype(np.float64, copy=False),
+        np.array([w * MS_PER_DAY for w in c_windows], dtype=np.int64),
+        np.array([w * MS_PER_DAY for w in t_windows], dtype=np.int64),
+        delay,
+        int((spec.history_days + 1) * MS_PER_DAY) + delay,
     )
     out: dict[str, np.ndarray] = {}
-    for j, w in enumerate(windows):
-        out[f"customer_count_{w}d"] = values[3 * j]
-        out[f"customer_sum_{w}d"] = values[3 * j + 1]
-        out[f"customer_mean_{w}d"] = values[3 * j + 2]
-    out["customer_seconds_since_previous"] = values[-2]
+    for j, w in enumerate(c_windows):
+        out[f"customer_count_{w}d"] = customer[3 * j]
+        out[f"customer_sum_{w}d"] = customer[3 * j + 1]
+        out[f"customer_mean_{w}d"] = customer[3 * j + 2]
+    out["customer_seconds_since_previous"] = customer[-2]
     # the mean over the longest customer window is "the customer's usual amount"
-    out["amount_vs_customer_mean"] = values[-1]
-    return out
-
-
-def _terminal_windows(
-    history: KeyedHistory, keys: np.ndarray, spec: FeatureSpec
-) -> dict[str, np.ndarray]:
-    # volume windows [t - w, t), label windows [t - w - delay, t - delay)
-    windows = spec.terminal_windows_days
-    values = terminal_window_values(
-        history.keys,
-        history.cumsums["fraud"],
-        history.cumsums["labelled"],
-        keys,
-        np.array([w * MS_PER_DAY for w in windows], dtype=np.int64),
-        int(spec.label_delay_days * MS_PER_DAY),
-    )
-    out: dict[str, np.ndarray] = {}
-    for j, w in enumerate(windows):
-        out[f"terminal_count_{w}d"] = values[2 * j]
-        out[f"terminal_fraud_rate_{w}d"] = values[2 * j + 1]
+    out["amount_vs_customer_mean"] = customer[-1]
+    for j, w in enumerate(t_windows):
+        out[f"terminal_count_{w}d"] = terminal[2 * j]
+        out[f"terminal_fraud_rate_{w}d"] = terminal[2 * j + 1]
     return out
 
 
