@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pandas as pd
 
@@ -11,6 +13,8 @@ from components.model import DEFAULT_CONTRIBUTIONS, FraudModel
 
 __all__ = ["format_reasons", "reason_codes", "score_frame"]
 
+_PYTHON_ROWS = 4
+
 
 def format_reasons(
     names: list[str], values: np.ndarray, contributions: np.ndarray, n: int
@@ -18,7 +22,8 @@ def format_reasons(
     """The ``n`` features that pushed each score up most (positive contributions only).
 
     Each code reads ``feature=value (+contribution)``, contributions in log-odds. Shared by
-    batch scoring and the model server, so both word reason codes alike.
+    batch scoring and the model server, so both word reason codes alike. Equal contributions
+    keep column order (both ways of ranking below are stable).
 
     Args:
         names: Feature names, in column order.
@@ -26,13 +31,24 @@ def format_reasons(
         contributions: The model's contributions, same shape as ``values``.
         n: Most codes per transaction.
     """
-    top = np.argsort(-contributions, axis=1)[:, :n]
-    # Python floats format as the numpy scalars do, without a numpy call per code
-    top_values = np.take_along_axis(np.asarray(values), top, axis=1).tolist()
-    top_contributions = np.take_along_axis(contributions, top, axis=1).tolist()
+    if len(contributions) <= _PYTHON_ROWS:  # a request's few rows: no numpy call per step
+        top = [
+            heapq.nlargest(n, range(len(row)), key=row.__getitem__)
+            for row in contributions.tolist()
+        ]
+        top_values = [[r[c] for c in cols] for r, cols in zip(values.tolist(), top, strict=True)]
+        top_contributions = [
+            [r[c] for c in cols] for r, cols in zip(contributions.tolist(), top, strict=True)
+        ]
+    else:
+        order = np.argsort(-contributions, axis=1, kind="stable")[:, :n]
+        top = order.tolist()
+        # Python floats format as the numpy scalars do, without a numpy call per code
+        top_values = np.take_along_axis(np.asarray(values), order, axis=1).tolist()
+        top_contributions = np.take_along_axis(contributions, order, axis=1).tolist()
     return [
         [f"{names[c]}={v:.4g} (+{k:.2f})" for c, v, k in zip(cols, vs, ks, strict=True) if k > 0]
-        for cols, vs, ks in zip(top.tolist(), top_values, top_contributions, strict=True)
+        for cols, vs, ks in zip(top, top_values, top_contributions, strict=True)
     ]
 
 

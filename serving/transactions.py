@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PYTHON_CHECKS = 8
+"""Up to this many values a column is checked in Python (numpy calls cost more for a few)."""
 _MS = timedelta(milliseconds=1)
 NUMERIC_DATATYPES = frozenset(
     {
@@ -289,6 +291,13 @@ def _numbers(
 ) -> np.ndarray:
     types = set(map(type, column))
     values = None
+    minimum = schema.minimum.get(name)
+    if types <= {int, float} and len(column) <= _PYTHON_CHECKS:
+        try:  # a request's few values: Python checks cost less than numpy calls
+            if all(map(math.isfinite, column)) and (minimum is None or min(column) >= minimum):
+                return np.array(column, dtype=np.float64)
+        except OverflowError:  # an integer beyond the float range: diagnosed below
+            pass
     if types <= {int, float}:
         try:
             values = np.array(column, dtype=np.float64)
@@ -315,7 +324,6 @@ def _numbers(
             if not isinstance(column[i], int | float) or isinstance(column[i], bool):
                 continue  # already reported as mistyped
             problems.add(f"{where(int(i), name)}: not a finite number ({_show(column[i])})")
-    minimum = schema.minimum.get(name)
     if minimum is not None:
         low = values < minimum  # NaN compares False, without a warning
         if low.any():
@@ -394,11 +402,13 @@ def _timestamps_fast(
     if any(s.tzinfo is None for s in stamps):
         stamps = [s if s.tzinfo else s.replace(tzinfo=UTC) for s in stamps]
     try:
-        millis = np.fromiter(((s - EPOCH) // _MS for s in stamps), np.int64, len(stamps))
+        ms = [(s - EPOCH) // _MS for s in stamps]
+        millis = np.array(ms, dtype=np.int64)
     except OverflowError:
         return None
-    latest_ms = (latest - EPOCH) // _MS
-    if millis.min() < 0 or millis.max() > latest_ms:
+    small = len(ms) <= _PYTHON_CHECKS
+    low, high = (min(ms), max(ms)) if small else (millis.min(), millis.max())
+    if low < 0 or high > (latest - EPOCH) // _MS:
         return None
     return millis, texts
 
