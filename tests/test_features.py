@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from components.features import FeatureSpec, compute_features
 from components.generator import GeneratorConfig, generate_transactions
@@ -201,3 +203,16 @@ def test_windows_when_both_tables_are_large_enough_to_sort_queries():
     head = frame.iloc[:-3]
     tail = compute_features(frame.iloc[-3:], spec, history=head)
     pd.testing.assert_frame_equal(whole.iloc[-3:], tail, check_exact=True)
+
+
+@given(
+    head=st.lists(st.integers(0, 40), max_size=300),
+    tail=st.lists(st.integers(0, 40), max_size=300),
+)
+@settings(max_examples=200, deadline=None)
+def test_stable_order_is_a_stable_argsort(head, tail):
+    # the kernel's sort: a sorted head (an entity's rows from the state) and any tail
+    from components.features.windows import _stable_order
+
+    keys = np.array(sorted(head) + tail, dtype=np.int64)
+    np.testing.assert_array_equal(_stable_order(keys), np.argsort(keys, kind="stable"))

@@ -67,7 +67,7 @@ def _sorted_sums(group, time_ms, columns, epoch, span):
     keys = np.empty(n, np.int64)
     for i in range(n):
         keys[i] = group[i] * span + (time_ms[i] - epoch)
-    order = np.argsort(keys, kind="mergesort")
+    order = _stable_order(keys)
     top = np.finfo(np.float64).max
     sorted_keys = np.empty(n, np.int64)
     sums = np.empty((c, n + 1))
@@ -83,6 +83,41 @@ def _sorted_sums(group, time_ms, columns, epoch, span):
                 v = top if v > 0 else -top
             sums[j, i + 1] = sums[j, i] + v
     return sorted_keys, sums
+
+
+@numba.njit(cache=True, nogil=True)
+def _stable_order(keys):
+    """``argsort(keys, kind="stable")``, fast when the keys are sorted but for a tail (the
+    server's rows: each entity's history in time order, then the request's own rows): the
+    tail is sorted on its own and merged in, earlier rows first among equal keys."""
+    n = keys.shape[0]
+    p = 1
+    while p < n and keys[p - 1] <= keys[p]:
+        p += 1
+    if p >= n:
+        return np.arange(n)
+    if n - p > n // 2:
+        return np.argsort(keys, kind="mergesort")
+    tail = p + np.argsort(keys[p:], kind="mergesort")
+    order = np.empty(n, np.int64)
+    i, j, k = 0, 0, 0
+    while i < p and j < tail.shape[0]:
+        if keys[tail[j]] < keys[i]:
+            order[k] = tail[j]
+            j += 1
+        else:
+            order[k] = i
+            i += 1
+        k += 1
+    while i < p:
+        order[k] = i
+        i += 1
+        k += 1
+    while j < tail.shape[0]:
+        order[k] = tail[j]
+        j += 1
+        k += 1
+    return order
 
 
 @numba.njit(cache=True, nogil=True)
