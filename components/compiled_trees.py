@@ -23,8 +23,9 @@ import json
 import logging
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from components.jit import kernel
 
 __all__ = ["CompiledTrees", "compiled_trees"]
 
@@ -200,7 +201,7 @@ def compiled_trees(booster: object, n_features: int) -> CompiledTrees | None:
     return trees
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _leaf(x, node, left, right, feature, threshold, default_left):
     while left[node] >= 0:
         v = x[feature[node]]
@@ -213,7 +214,7 @@ def _leaf(x, node, left, right, feature, threshold, default_left):
     return node
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _scores(matrix, roots, left, right, feature, threshold, default_left, base_margin):
     n = matrix.shape[0]
     out = np.empty(n, np.float32)
@@ -227,7 +228,7 @@ def _scores(matrix, roots, left, right, feature, threshold, default_left, base_m
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _explain(matrix, roots, left, right, feature, threshold, default_left, base_margin, mean):
     """Scores and Saabas contributions in one walk, summed in XGBoost's order: each tree's
     contributions first (a feature split twice on a path adds up within the tree), then
@@ -271,3 +272,22 @@ def _explain(matrix, roots, left, right, feature, threshold, default_left, base_
         row[f] += base_margin
         scores[i] = one / (one + np.exp(-margin))
     return scores, out
+
+
+def compile_kernels() -> None:
+    """Compile (or load from the cache) the tree kernels now, on a one-leaf tree (e.g. while
+    building an image, so that servers start without compiling)."""
+    one = np.zeros(1, np.int64)
+    trees = CompiledTrees(
+        roots=one,
+        left=one - 1,
+        right=one - 1,
+        feature=one,
+        threshold=np.zeros(1, np.float32),
+        default_left=np.zeros(1, bool),
+        mean=np.zeros(1, np.float32),
+        base_margin=np.float32(0.0),
+        n_features=1,
+    )
+    trees.scores(np.zeros((1, 1), np.float32))
+    trees.explain(np.zeros((1, 1), np.float32))

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from components.jit import kernel
 
 __all__ = ["EntityRows", "compile_kernels", "window_values"]
 
@@ -57,7 +58,7 @@ class EntityRows:
         )
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _sorted_sums(group, time_ms, columns, epoch, span):
     """Keys ``group * span + (time - epoch)`` in ascending (stable) order, and per row of
     ``columns`` the cumulative sums in that order with a leading 0, NaN counted as 0 and
@@ -85,7 +86,7 @@ def _sorted_sums(group, time_ms, columns, epoch, span):
     return sorted_keys, sums
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _stable_order(keys):
     """``argsort(keys, kind="stable")``, fast when the keys are sorted but for a tail (the
     server's rows: each entity's history in time order, then the request's own rows): the
@@ -120,14 +121,14 @@ def _stable_order(keys):
     return order
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _visit_order(keys):
     if keys.shape[0] < SORT_QUERIES_FROM:
         return np.arange(keys.shape[0])
     return np.argsort(keys, kind="mergesort")
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _customer_windows(keys, sums, span, query_keys, amount, windows_ms):
     k, n = windows_ms.shape[0], query_keys.shape[0]
     out = np.empty((3 * k + 2, n))
@@ -152,7 +153,7 @@ def _customer_windows(keys, sums, span, query_keys, amount, windows_ms):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _terminal_windows(keys, sums, query_keys, windows_ms, delay_ms):
     k, n = windows_ms.shape[0], query_keys.shape[0]
     out = np.empty((2 * k, n))
@@ -171,7 +172,7 @@ def _terminal_windows(keys, sums, query_keys, windows_ms, delay_ms):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def window_values(
     customers_group,
     customers_ms,
