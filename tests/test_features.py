@@ -216,3 +216,15 @@ def test_stable_order_is_a_stable_argsort(head, tail):
 
     keys = np.array(sorted(head) + tail, dtype=np.int64)
     np.testing.assert_array_equal(_stable_order(keys), np.argsort(keys, kind="stable"))
+
+
+@given(
+    keys=st.lists(st.integers(-5, 2**50), max_size=400),
+    repeat=st.integers(1, 30),
+)
+@settings(max_examples=100, deadline=None)
+def test_radix_order_is_a_stable_argsort(keys, repeat):
+    from components.features.windows import _radix_order
+
+    values = np.array(keys * repeat, dtype=np.int64)  # many equal keys: stability matters
+    np.testing.assert_array_equal(_radix_order(values), np.argsort(values, kind="stable"))
