@@ -12,9 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import os
 from components import jit
-from components.compiled_trees import compile_kernels as trees
-from components.features.windows import compile_kernels as windows
-trees(); windows()
+from components.compiled_trees import compile_kernels
+compile_kernels()
 print(jit.CACHE_DIR, os.environ.get("NUMBA_CACHE_DIR", "-"))
 """
 
