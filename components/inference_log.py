@@ -56,7 +56,7 @@ def make_record(
     event_id: str | None = None,
     source: str = "fraudops-serving",
     protocol: str = "v1",
-    time: datetime | None = None,
+    time: datetime | str | None = None,
     features: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One inference-log record (a CloudEvents-shaped dict).
@@ -72,7 +72,7 @@ def make_record(
         event_id: The CloudEvent id (KServe's request id); a new one when None.
         source: CloudEvent source (the server's URL or name).
         protocol: ``v1`` or ``v2``.
-        time: When it was scored (default now, UTC).
+        time: When it was scored (default now, UTC), or that time in ISO 8601 already.
         features: Engineered features, when the writer has them (drift on features).
     """
     record = {
@@ -80,7 +80,7 @@ def make_record(
         "specversion": "1.0",
         "type": RESPONSE_TYPE,
         "source": source,
-        "time": (time or datetime.now(UTC)).isoformat(),
+        "time": time if isinstance(time, str) else (time or datetime.now(UTC)).isoformat(),
         "model": model,
         "version": version,
         "protocol": protocol,

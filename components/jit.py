@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["CACHE_DIR", "kernel"]
+__all__ = ["CACHE_DIR", "kernel", "prange"]
 
 
 def _writable(folder: Path) -> bool:
@@ -49,6 +49,14 @@ CACHE_DIR = _cache_dir()
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
 
 
-def kernel(function: Callable) -> Callable:
-    """``numba.njit`` for a hot kernel: nopython, releases the GIL, cached when possible."""
-    return numba.njit(cache=CACHE_DIR is not None, nogil=True)(function)
+def kernel(function: Callable | None = None, *, parallel: bool = False) -> Callable:
+    """``numba.njit`` for a hot kernel: nopython, releases the GIL, cached when possible.
+
+    Use as ``@kernel``, or ``@kernel(parallel=True)`` to run its ``prange`` loops on every
+    core.
+    """
+    options = {"cache": CACHE_DIR is not None, "nogil": True, "parallel": parallel}
+    return numba.njit(**options) if function is None else numba.njit(**options)(function)
+
+
+prange = numba.prange

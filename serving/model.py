@@ -422,6 +422,8 @@ def records_for(
     n = len(batch)
     decisions = scored.decisions
     scores = scored.score.tolist()
+    transactions = batch.transactions()
+    stamp = when.isoformat()
     out = []
     for i in range(n):
         features = None
@@ -432,7 +434,7 @@ def records_for(
             make_record(
                 model=name,
                 version=version,
-                transaction=batch.transaction(i),
+                transaction=transactions[i],
                 score=scores[i],
                 decision=decisions[i],
                 reasons=scored.reasons[i],
@@ -440,7 +442,7 @@ def records_for(
                 event_id=request_id if n == 1 else f"{request_id}-{i}",
                 source=source,
                 protocol=protocol,
-                time=when,
+                time=stamp,
                 features=features,
             )
         )

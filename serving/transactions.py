@@ -168,22 +168,38 @@ class TransactionBatch:
 
     def transaction(self, i: int) -> dict[str, Any]:
         """Transaction ``i`` as a JSON-ready dict of its non-missing, normalised fields."""
-        out: dict[str, Any] = {
-            "transaction_id": self.transaction_id[i],
-            "timestamp": self.timestamp[i],
-            "customer_id": self.customer_id[i],
-            "terminal_id": self.terminal_id[i],
-            "amount": float(self.numeric["amount"][i]),
-        }
+        return self.transactions(i, i + 1)[0]
+
+    def transactions(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """Transactions ``start:stop`` as :meth:`transaction` gives them (columns converted
+        to Python values once, not per transaction)."""
+        rows = slice(start, len(self) if stop is None else stop)
+        out = [
+            {
+                "transaction_id": tid,
+                "timestamp": ts,
+                "customer_id": cid,
+                "terminal_id": term,
+                "amount": amount,
+            }
+            for tid, ts, cid, term, amount in zip(
+                self.transaction_id[rows],
+                self.timestamp[rows],
+                self.customer_id[rows],
+                self.terminal_id[rows],
+                self.numeric["amount"][rows].tolist(),
+                strict=True,
+            )
+        ]
         for name in self.present:
             if name in self.categorical:
-                value = self.categorical[name][i]
-                if value is not None:
-                    out[name] = value
+                for record, value in zip(out, self.categorical[name][rows], strict=True):
+                    if value is not None:
+                        record[name] = value
             else:
-                number = float(self.numeric[name][i])
-                if not math.isnan(number):
-                    out[name] = number
+                for record, number in zip(out, self.numeric[name][rows].tolist(), strict=True):
+                    if not math.isnan(number):
+                        record[name] = number
         return out
 
 
