@@ -6,8 +6,11 @@ helpers are implemented once here on top of the byte-level methods.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -482,6 +485,32 @@ class ObjectStore(ABC):
                 f"{self.url_for(key)} is not valid {encoding} text ({exc})",
                 uri=self.url_for(key),
             ) from exc
+
+
+@contextlib.contextmanager
+def download_to(uri: str, path: str | Path) -> Iterator[Path]:
+    """A temporary file next to ``path`` to download ``uri`` into; moved onto ``path`` when
+    the block ends without an error (so ``path`` never holds partial or unverified data) and
+    removed in any case. File-system errors become a :class:`StoreError` naming both."""
+    dest = Path(path)
+
+    def failed(exc: OSError) -> StoreError:
+        return StoreError(f"cannot download {uri} to {dest}: {exc.strerror or exc}", uri=uri)
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
+    except OSError as exc:
+        raise failed(exc) from exc
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise failed(exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_hex(data: bytes) -> str:

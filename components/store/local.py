@@ -35,6 +35,7 @@ from components.store.base import (
     StorePermissionError,
     check_checksum,
     collapse_keys,
+    download_to,
     iter_chunks,
     validate_key,
     validate_prefix,
@@ -314,27 +315,10 @@ class LocalStore(ObjectStore):
     ) -> ObjectInfo:
         """Copy the object to ``path``; ``path`` is replaced only once the data is verified."""
         uri = self.url_for(key)
-        dest = Path(path)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-            os.close(fd)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot download {uri} to {dest}: {exc.strerror or exc}", uri=uri
-            ) from exc
-        tmp = Path(name)
-        try:
+        with download_to(uri, path) as tmp:
             sha256, size = self._read_checked(
                 key, functools.partial(open, tmp, "wb"), expected_sha256, verify
             )
-            os.replace(tmp, dest)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot download {uri} to {dest}: {exc.strerror or exc}", uri=uri
-            ) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
         return ObjectInfo(key=key, size=size, sha256=sha256, uri=uri)
 
     def stat(self, key: str) -> ObjectInfo:

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
@@ -45,6 +44,7 @@ from components.store.base import (
     StorePermissionError,
     StoreUnavailableError,
     check_checksum,
+    download_to,
     iter_chunks,
     sha256_file,
     sha256_hex,
@@ -454,42 +454,25 @@ class S3Store(ObjectStore):
     ) -> ObjectInfo:
         """Download to a temp file next to ``path``, verify, then move it into place."""
         uri = self.url_for(key)
-        dest = Path(path)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-            os.close(fd)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot download {uri} to {dest}: {exc.strerror or exc}", uri=uri
-            ) from exc
-        tmp = Path(name)
+        with download_to(uri, path) as tmp:
 
-        def get() -> tuple[str, int, str | None]:
-            response = self.client.get_object(self.bucket, self._name(key))
-            try:
-                digest = hashlib.sha256()
-                size = 0
-                with open(tmp, "wb") as fh:
-                    for chunk in response.stream(CHUNK_SIZE, decode_content=False):
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                return digest.hexdigest(), size, response.headers.get(SHA256_HEADER)
-            finally:
-                response.close()
-                response.release_conn()
+            def get() -> tuple[str, int, str | None]:
+                response = self.client.get_object(self.bucket, self._name(key))
+                try:
+                    digest = hashlib.sha256()
+                    size = 0
+                    with open(tmp, "wb") as fh:
+                        for chunk in response.stream(CHUNK_SIZE, decode_content=False):
+                            fh.write(chunk)
+                            digest.update(chunk)
+                            size += len(chunk)
+                    return digest.hexdigest(), size, response.headers.get(SHA256_HEADER)
+                finally:
+                    response.close()
+                    response.release_conn()
 
-        try:
             actual, size, stored = self._run(get, uri, "read")
             check_checksum(uri, actual, expected_sha256, stored if verify else None)
-            os.replace(tmp, dest)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot download {uri} to {dest}: {exc.strerror or exc}", uri=uri
-            ) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
         return ObjectInfo(key=key, size=size, sha256=actual, uri=uri)
 
     def stat(self, key: str) -> ObjectInfo:
