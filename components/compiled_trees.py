@@ -295,6 +295,9 @@ def _explain(matrix, roots, left, right, feature, threshold, default_left, base_
     return scores, out
 
 
+# Written out again rather than one source compiled twice: numba's disk cache keys a kernel by
+# its function, so a serial and a parallel compilation of one function share a cache entry
+# and one silently runs the other's code (measured: the "parallel" walk ran serially).
 @kernel(parallel=True)
 def _explain_parallel(
     matrix, roots, left, right, feature, threshold, default_left, base_margin, mean

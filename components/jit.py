@@ -53,7 +53,8 @@ def kernel(function: Callable | None = None, *, parallel: bool = False) -> Calla
     """``numba.njit`` for a hot kernel: nopython, releases the GIL, cached when possible.
 
     Use as ``@kernel``, or ``@kernel(parallel=True)`` to run its ``prange`` loops on every
-    core.
+    core. Decorate each function once: numba's cache keys a kernel by its function, so two
+    compilations of one function with other options would share (and swap) cached code.
     """
     options = {"cache": CACHE_DIR is not None, "nogil": True, "parallel": parallel}
     return numba.njit(**options) if function is None else numba.njit(**options)(function)
