@@ -4,8 +4,9 @@
 server. Windowed features of a transaction only see rows strictly before it; terminal fraud
 rates only see labels older than the label delay.
 
-The arithmetic is in two numpy-level cores, :func:`numeric_features` (the transaction alone)
-and :func:`windowed_features` (its customer's and terminal's history). The batch path here
+The arithmetic is in two array-level cores, :func:`numeric_features` (the transaction alone,
+numpy) and :func:`windowed_features` (its customer's and terminal's history, through the
+compiled kernel of :mod:`components.features.windows`). The batch path here
 feeds them columns of a DataFrame; the model server (``serving/features.py``) feeds them one
 request's arrays and the rows of its online state, so both compute the same values.
 """
