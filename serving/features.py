@@ -1,7 +1,7 @@
 """Model features at request time, from the online state, with the training code.
 
 :class:`OnlineFeatures` computes exactly what ``components.features.compute_features`` computes
-for transactions scored after the history in the state: it calls the same numpy-level cores,
+for transactions scored after the history in the state: it calls the same array-level cores,
 :func:`~components.features.build.numeric_features` and
 :func:`~components.features.build.windowed_features`, on the request's arrays and the rows of
 its customers and terminals (the request's own transactions are history for its later ones,
