@@ -2,9 +2,17 @@
 
 Why: for the one to few transactions of a serving request, XGBoost's fixed per-call costs
 (building a DMatrix, its prediction cache, thread setup: about 300 µs for a score plus
-contributions) dwarf the work on 150 trees of depth 6 (about 5 µs). Walking the trees in a
+contributions) dwarf the work on 150 trees of depth 6 (a few µs). Walking the trees in a
 small compiled loop costs only that work, and in batches it computes Saabas contributions
 several times faster than XGBoost's single-threaded ``approx_contribs``.
+
+How: every tree is padded to the depth of the deepest one (a leaf above that depth becomes
+pass-through nodes over copies of itself) and stored level by level, so that node ``p``'s
+children are ``2p + 1`` and ``2p + 2``. A walk is then ``depth`` steps without a branch on
+the data, and rows go through one tree at a time in blocks: the tree stays in the L1 cache
+and the steps of the block's rows overlap. Saabas contributions depend only on the leaf a row
+reaches, so each leaf carries its path's contributions, already summed within the tree:
+explaining a row costs ``depth`` additions per tree.
 
 This is a second implementation of the model's arithmetic, so it is never trusted blindly:
 :func:`compiled_trees` builds it from the booster's own JSON dump, then scores a probe matrix
@@ -13,8 +21,9 @@ with both implementations, and returns None (the caller keeps using XGBoost) unl
 score and contribution agrees to the bit. It follows XGBoost's float32 arithmetic: the base
 margin plus each tree's leaf in tree order; ``x < threshold`` goes left and a missing value
 (NaN) follows the split's default; the node mean values of ``FillNodeMeanValues`` weighted by
-the hessian sums; the sigmoid of ``binary:logistic``. Anything else (categorical splits, other
-objectives or boosters, vector leaves) is not compiled.
+the hessian sums, a feature's changes along a path summed within the tree before they are
+added to the row; the sigmoid of ``binary:logistic``. Anything else (categorical splits,
+other objectives or boosters, vector leaves) is not compiled.
 """
 
 from __future__ import annotations
@@ -32,64 +41,83 @@ __all__ = ["CompiledTrees", "compiled_trees"]
 log = logging.getLogger("fraudops.model")
 
 PROBE_ROWS = 512
+BLOCK = 32
+"""Rows walked through one tree together."""
 PARALLEL_FROM = 256
-"""From this many rows on, :meth:`CompiledTrees.explain` walks rows on every core (a few rows
-are done before the threads would wake)."""
+"""From this many rows on, the blocks are spread over every core (a few rows are done before
+the threads would wake)."""
+MAX_TABLE_BYTES = 256 * 2**20
+"""Padded trees bigger than this (very deep trees) are left to XGBoost."""
 
 
 @dataclass(frozen=True)
 class CompiledTrees:
-    """The trees of one binary:logistic gbtree booster, as flat arrays over all nodes.
+    """The trees of one binary:logistic gbtree booster, padded to complete binary trees.
+
+    Row ``t`` of each array is tree ``t``; inner node ``p`` has children ``2p + 1`` (left) and
+    ``2p + 2``; the ``2**depth`` leaves follow the ``2**depth - 1`` inner nodes.
 
     Attributes:
-        roots: Index of each tree's root node.
-        left, right: Children of each node (-1 at leaves).
-        feature: Split feature of each node.
-        threshold: Split threshold (float32); the leaf value at leaves.
+        split: Whether an inner node is one of the model's splits (else pass-through).
+        feature: Split feature of each inner node (0 when pass-through).
+        threshold: Split threshold (float32; +inf when pass-through).
         default_left: Whether a missing value goes left.
-        mean: XGBoost's node mean value (``FillNodeMeanValues``), for Saabas contributions.
+        leaf: Leaf values ``(trees, 2**depth)``.
+        reason_feature: For each leaf, the features split on its path ``(trees, 2**depth,
+            depth)``; unused slots hold feature 0 with a contribution of 0.0.
+        reason_value: Their contributions (log-odds, float32), summed within the tree.
+        root_mean: Each tree's root node mean (its share of the bias).
         base_margin: The model's base score as log-odds (float32).
         n_features: Input columns.
     """
 
-    roots: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
+    split: np.ndarray
     feature: np.ndarray
     threshold: np.ndarray
     default_left: np.ndarray
-    mean: np.ndarray
+    leaf: np.ndarray
+    reason_feature: np.ndarray
+    reason_value: np.ndarray
+    root_mean: np.ndarray
     base_margin: np.float32
     n_features: int
 
+    @property
+    def depth(self) -> int:
+        return self.reason_feature.shape[2]
+
     def scores(self, matrix: np.ndarray) -> np.ndarray:
         """Fraud scores (float32) of ``matrix`` (2-D float32, NaN missing)."""
-        return _scores(np.ascontiguousarray(matrix, dtype=np.float32), *self._arrays())
+        return self._walk(matrix, False)[0]
 
     def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores and Saabas contributions ``(n, features + 1)`` (log-odds, bias last) of
         ``matrix``, as XGBoost's ``predict()`` and ``predict(pred_contribs=True,
         approx_contribs=True)``, in one walk of the trees."""
-        explain = _explain_parallel if len(matrix) >= PARALLEL_FROM else _explain
-        return explain(np.ascontiguousarray(matrix, dtype=np.float32), *self._arrays(), self.mean)
+        return self._walk(matrix, True)
 
-    def _arrays(self) -> tuple:
-        return (
-            self.roots,
-            self.left,
-            self.right,
+    def _walk(self, matrix: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
+        walk = _walk_parallel if len(matrix) >= PARALLEL_FROM else _walk_serial
+        return walk(
+            np.ascontiguousarray(matrix, dtype=np.float32),
+            explain,
             self.feature,
             self.threshold,
             self.default_left,
+            self.leaf,
+            self.reason_feature,
+            self.reason_value,
+            self.root_mean,
             self.base_margin,
         )
 
 
 def from_booster(booster: object, n_features: int) -> CompiledTrees:
-    """Flatten the trees of ``booster`` (an ``xgboost.Booster``).
+    """Pad and lay out the trees of ``booster`` (an ``xgboost.Booster``).
 
     Raises:
-        ValueError: the model is not a scalar-leaf, numeric-split binary:logistic gbtree.
+        ValueError: the model is not a scalar-leaf, numeric-split binary:logistic gbtree, or
+            its padded trees would take more than :data:`MAX_TABLE_BYTES`.
     """
     learner = json.loads(booster.save_raw("json"))["learner"]  # type: ignore[attr-defined]
     objective = learner["objective"]["name"]
@@ -102,36 +130,84 @@ def from_booster(booster: object, n_features: int) -> CompiledTrees:
     base_score = np.float32(float(str(params["base_score"]).strip("[]")))
     one = np.float32(1.0)
     base_margin = np.float32(-np.log(one / base_score - one))  # XGBoost's ProbToMargin
-    roots, left, right, feature, threshold, default_left, mean = [], [], [], [], [], [], []
-    offset = 0
+    trees = []
     for tree in gbm["model"]["trees"]:
         if int(tree["tree_param"].get("size_leaf_vector", 1)) > 1 or any(tree["split_type"]):
             raise ValueError("vector leaves and categorical splits do not compile")
-        lc = np.asarray(tree["left_children"], np.int64)
-        rc = np.asarray(tree["right_children"], np.int64)
-        leaf = lc < 0
-        roots.append(offset)
-        left.append(np.where(leaf, -1, lc + offset))
-        right.append(np.where(leaf, -1, rc + offset))
-        feature.append(np.asarray(tree["split_indices"], np.int64))
-        cond = np.asarray(tree["split_conditions"], np.float32)
-        threshold.append(cond)
-        default_left.append(np.asarray(tree["default_left"], bool))
-        mean.append(_node_means(lc, rc, cond, np.asarray(tree["sum_hessian"], np.float32)))
-        offset += len(lc)
-    if offset and int(np.concatenate(feature).max()) >= n_features:
-        raise ValueError("a split uses a feature beyond the model's input columns")
-    return CompiledTrees(
-        roots=np.asarray(roots, np.int64),
-        left=np.concatenate(left).astype(np.int64),
-        right=np.concatenate(right).astype(np.int64),
-        feature=np.concatenate(feature).astype(np.int64),
-        threshold=np.concatenate(threshold),
-        default_left=np.concatenate(default_left),
-        mean=np.concatenate(mean),
+        left = np.asarray(tree["left_children"], np.int64)
+        right = np.asarray(tree["right_children"], np.int64)
+        value = np.asarray(tree["split_conditions"], np.float32)
+        feature = np.asarray(tree["split_indices"], np.int64)
+        if (feature[left >= 0] >= n_features).any():
+            raise ValueError("a split uses a feature beyond the model's input columns")
+        mean = _node_means(left, right, value, np.asarray(tree["sum_hessian"], np.float32))
+        trees.append((left, right, value, feature, np.asarray(tree["default_left"], bool), mean))
+    depth = max((_depth(t[0], t[1]) for t in trees), default=0)
+    n_leaves = 2**depth
+    if len(trees) * n_leaves * (depth * 8 + 4) > MAX_TABLE_BYTES:
+        raise ValueError(f"trees of depth {depth} are too deep to compile")
+    shape = (len(trees), n_leaves - 1)
+    laid_out = CompiledTrees(
+        split=np.zeros(shape, bool),
+        feature=np.zeros(shape, np.int64),
+        threshold=np.full(shape, np.inf, np.float32),
+        default_left=np.ones(shape, bool),
+        leaf=np.zeros((len(trees), n_leaves), np.float32),
+        reason_feature=np.zeros((len(trees), n_leaves, depth), np.int64),
+        reason_value=np.zeros((len(trees), n_leaves, depth), np.float32),
+        root_mean=np.asarray([t[5][0] for t in trees], np.float32),
         base_margin=base_margin,
         n_features=n_features,
     )
+    for t, tree in enumerate(trees):
+        _lay_out(laid_out, t, depth, *tree)
+    return laid_out
+
+
+def _depth(left: np.ndarray, right: np.ndarray) -> int:
+    depth = np.zeros(len(left), np.int64)
+    for node in range(len(left)):  # a parent always comes before its children
+        if left[node] >= 0:
+            depth[left[node]] = depth[right[node]] = depth[node] + 1
+    return int(depth.max())
+
+
+def _lay_out(
+    out: CompiledTrees,
+    t: int,
+    depth: int,
+    left: np.ndarray,
+    right: np.ndarray,
+    value: np.ndarray,
+    feature: np.ndarray,
+    default_left: np.ndarray,
+    mean: np.ndarray,
+) -> None:
+    """Write tree ``t`` into ``out``: its splits at their complete-tree positions, and each
+    leaf (with its path's contributions) into every padded leaf below it."""
+    # (node, complete-tree position, level, contributions so far by feature in path order)
+    stack: list[tuple[int, int, int, dict[int, np.float32]]] = [(0, 0, 0, {})]
+    while stack:
+        node, at, level, sums = stack.pop()
+        if left[node] < 0:
+            span = 2 ** (depth - level)
+            first = (at + 1) * span - 2**depth  # the first padded leaf below ``at``
+            leaves = slice(first, first + span)
+            out.leaf[t, leaves] = value[node]
+            for k, (f, s) in enumerate((f, s) for f, s in sums.items() if s != 0):
+                out.reason_feature[t, leaves, k] = f
+                out.reason_value[t, leaves, k] = s
+            continue
+        f = int(feature[node])
+        out.split[t, at] = True
+        out.feature[t, at] = f
+        out.threshold[t, at] = value[node]
+        out.default_left[t, at] = default_left[node]
+        for child, child_at in ((left[node], 2 * at + 1), (right[node], 2 * at + 2)):
+            change = mean[child] - mean[node]
+            stack.append(
+                (child, child_at, level + 1, {**sums, f: sums.get(f, np.float32(0)) + change})
+            )
 
 
 def _node_means(
@@ -155,8 +231,9 @@ def probe_matrix(trees: CompiledTrees, rows: int = PROBE_ROWS, seed: int = 0) ->
     """Rows that exercise every split: thresholds exactly and one float step either side,
     NaN (the default direction), and random values."""
     rng = np.random.default_rng(seed)
-    inner = trees.left >= 0
-    by_feature = [trees.threshold[inner & (trees.feature == f)] for f in range(trees.n_features)]
+    by_feature = [
+        trees.threshold[trees.split & (trees.feature == f)] for f in range(trees.n_features)
+    ]
     probe = rng.normal(0, 100, (rows, trees.n_features)).astype(np.float32)
     for f, cuts in enumerate(by_feature):
         if not len(cuts):
@@ -184,23 +261,19 @@ def compiled_trees(booster: object, n_features: int) -> CompiledTrees | None:
     try:
         trees = from_booster(booster, n_features)
         probe = probe_matrix(trees)
-        got = (trees.scores(probe), *trees.explain(probe))  # the parallel walk
-        few = trees.explain(probe[: PARALLEL_FROM - 1])  # the serial one
+        few = probe[: PARALLEL_FROM - 1]
+        got = (trees.scores(probe), *trees.explain(probe), trees.scores(few), *trees.explain(few))
         dm = xgb.DMatrix(probe, missing=np.nan)
         score = booster.predict(dm, validate_features=False)  # type: ignore[attr-defined]
-        want = (
-            score,
-            score,
-            booster.predict(  # type: ignore[attr-defined]
-                dm, pred_contribs=True, approx_contribs=True, validate_features=False
-            ),
+        contributions = booster.predict(  # type: ignore[attr-defined]
+            dm, pred_contribs=True, approx_contribs=True, validate_features=False
         )
     except Exception as e:  # an unsupported model or an unusable numba: XGBoost it is
         log.info("trees not compiled (%s); scoring with XGBoost", e)
         return None
-    few_want = (want[1][: len(few[0])], want[2][: len(few[0])])
-    got, want = (*got, *few), (*want, *few_want)
-    names = ("scores", "scores", "contributions", "scores", "contributions")
+    n = len(few)
+    want = (score, score, contributions, score[:n], score[:n], contributions[:n])
+    names = ("scores", "scores", "contributions") * 2
     for name, g, w in zip(names, got, want, strict=True):
         if g.shape != w.shape or not np.array_equal(g, w):
             diff = np.nanmax(np.abs(g - w)) if g.shape == w.shape else "shape"
@@ -210,127 +283,104 @@ def compiled_trees(booster: object, n_features: int) -> CompiledTrees | None:
 
 
 @kernel
-def _leaf(x, node, left, right, feature, threshold, default_left):
-    while left[node] >= 0:
-        v = x[feature[node]]
-        if np.isnan(v):
-            node = left[node] if default_left[node] else right[node]
-        elif v < threshold[node]:
-            node = left[node]
-        else:
-            node = right[node]
-    return node
+def _block(
+    matrix, start, stop, feature, threshold, default_left, leaf,
+    reason_feature, reason_value, root_mean, margin, contributions, nodes,
+):  # fmt: skip
+    """Rows ``start:stop`` through every tree, one tree at a time: each tree's leaf into
+    ``margin`` and, when ``contributions`` has rows, its contributions (bias last)."""
+    n = stop - start
+    inner = feature.shape[1]
+    depth = reason_feature.shape[2]
+    explain = contributions.shape[0] > 0
+    bias = contributions.shape[1] - 1
+    for t in range(feature.shape[0]):
+        nodes[:n] = 0
+        for _ in range(depth):
+            for j in range(n):
+                node = nodes[j]
+                v = matrix[start + j, feature[t, node]]
+                # NaN compares False: it goes left only by default
+                go_left = (v < threshold[t, node]) | ((v != v) & default_left[t, node])
+                nodes[j] = 2 * node + 2 - go_left
+        for j in range(n):
+            at = nodes[j] - inner
+            margin[start + j] += leaf[t, at]
+            if explain:
+                row = contributions[start + j]
+                row[bias] += root_mean[t]
+                for k in range(depth):
+                    row[reason_feature[t, at, k]] += reason_value[t, at, k]
 
 
 @kernel
-def _scores(matrix, roots, left, right, feature, threshold, default_left, base_margin):
-    n = matrix.shape[0]
-    out = np.empty(n, np.float32)
+def _finish(margin, contributions, base_margin):
+    """The sigmoid of every margin; the base margin added to every bias last."""
     one = np.float32(1.0)
-    for i in range(n):
-        margin = base_margin
-        x = matrix[i]
-        for t in range(roots.shape[0]):
-            margin += threshold[_leaf(x, roots[t], left, right, feature, threshold, default_left)]
-        out[i] = one / (one + np.exp(-margin))
-    return out
+    scores = np.empty(margin.shape[0], np.float32)
+    for i in range(margin.shape[0]):
+        scores[i] = one / (one + np.exp(-margin[i]))
+    bias = contributions.shape[1] - 1
+    for i in range(contributions.shape[0]):
+        contributions[i, bias] += base_margin
+    return scores, contributions
 
 
 @kernel
-def _explain_row(
-    x, row, tree, path, roots, left, right, feature, threshold, default_left, mean, base_margin
-):
-    """One row's Saabas contributions into ``row`` (zeros), summed in XGBoost's order: each
-    tree's contributions first (a feature split twice on a path adds up within the tree),
-    then into the row; the base margin into the bias last. Returns the row's margin.
-    ``tree`` (zeros) and ``path`` are scratch space."""
-    f = row.shape[0] - 1
-    margin = base_margin
-    for t in range(roots.shape[0]):
-        node = roots[t]
-        value = mean[node]
-        row[f] += value
-        depth = 0
-        while left[node] >= 0:
-            split = feature[node]
-            v = x[split]
-            # _leaf's step, written out: as a shared helper (even numba-inlined) the walk
-            # measured twice as slow
-            if np.isnan(v):
-                node = left[node] if default_left[node] else right[node]
-            elif v < threshold[node]:
-                node = left[node]
-            else:
-                node = right[node]
-            if depth == path.shape[0]:
-                path = np.concatenate((path, np.empty(depth, np.int64)))
-            path[depth] = split
-            depth += 1
-            tree[split] += mean[node] - value
-            value = mean[node]
-        margin += threshold[node]
-        for k in range(depth):
-            split = path[k]
-            if tree[split] != 0:  # the first of a feature's splits on the path
-                row[split] += tree[split]
-                tree[split] = 0
-    row[f] += base_margin
-    return margin
-
-
-@kernel
-def _explain(matrix, roots, left, right, feature, threshold, default_left, base_margin, mean):
-    """Scores and Saabas contributions ``(n, features + 1)`` of every row."""
+def _walk_serial(
+    matrix, explain, feature, threshold, default_left, leaf,
+    reason_feature, reason_value, root_mean, base_margin,
+):  # fmt: skip
+    """Scores and (if ``explain``) contributions ``(n, features + 1)`` of every row."""
     n, f = matrix.shape
-    scores = np.empty(n, np.float32)
-    out = np.zeros((n, f + 1), np.float32)
-    tree, path = np.zeros(f + 1, np.float32), np.empty(64, np.int64)
-    one = np.float32(1.0)
-    for i in range(n):
-        margin = _explain_row(
-            matrix[i], out[i], tree, path,
-            roots, left, right, feature, threshold, default_left, mean, base_margin,
+    margin = np.full(n, base_margin, np.float32)
+    contributions = np.zeros((n if explain else 0, f + 1), np.float32)
+    nodes = np.empty(BLOCK, np.int64)
+    for start in range(0, n, BLOCK):
+        _block(
+            matrix, start, min(start + BLOCK, n), feature, threshold, default_left, leaf,
+            reason_feature, reason_value, root_mean, margin, contributions, nodes,
         )  # fmt: skip
-        scores[i] = one / (one + np.exp(-margin))
-    return scores, out
+    return _finish(margin, contributions, base_margin)
 
 
 # Written out again rather than one source compiled twice: numba's disk cache keys a kernel by
 # its function, so a serial and a parallel compilation of one function share a cache entry
 # and one silently runs the other's code (measured: the "parallel" walk ran serially).
 @kernel(parallel=True)
-def _explain_parallel(
-    matrix, roots, left, right, feature, threshold, default_left, base_margin, mean
-):
-    """:func:`_explain` with the rows spread over every core."""
+def _walk_parallel(
+    matrix, explain, feature, threshold, default_left, leaf,
+    reason_feature, reason_value, root_mean, base_margin,
+):  # fmt: skip
+    """:func:`_walk_serial` with the blocks spread over every core."""
     n, f = matrix.shape
-    scores = np.empty(n, np.float32)
-    out = np.zeros((n, f + 1), np.float32)
-    one = np.float32(1.0)
-    for i in prange(n):
-        tree, path = np.zeros(f + 1, np.float32), np.empty(64, np.int64)
-        margin = _explain_row(
-            matrix[i], out[i], tree, path,
-            roots, left, right, feature, threshold, default_left, mean, base_margin,
+    margin = np.full(n, base_margin, np.float32)
+    contributions = np.zeros((n if explain else 0, f + 1), np.float32)
+    for b in prange((n + BLOCK - 1) // BLOCK):
+        start = b * BLOCK
+        _block(
+            matrix, start, min(start + BLOCK, n), feature, threshold, default_left, leaf,
+            reason_feature, reason_value, root_mean, margin, contributions,
+            np.empty(BLOCK, np.int64),
         )  # fmt: skip
-        scores[i] = one / (one + np.exp(-margin))
-    return scores, out
+    return _finish(margin, contributions, base_margin)
 
 
 def compile_kernels() -> None:
-    """Compile (or load from the cache) the tree kernels now, on a one-leaf tree (e.g. while
-    building an image, so that servers start without compiling)."""
-    one = np.zeros(1, np.int64)
+    """Compile (or load from the cache) the tree kernels now, on one single-leaf tree (e.g.
+    while building an image, so that servers start without compiling)."""
     trees = CompiledTrees(
-        roots=one,
-        left=one - 1,
-        right=one - 1,
-        feature=one,
-        threshold=np.zeros(1, np.float32),
-        default_left=np.zeros(1, bool),
-        mean=np.zeros(1, np.float32),
+        split=np.zeros((1, 0), bool),
+        feature=np.zeros((1, 0), np.int64),
+        threshold=np.zeros((1, 0), np.float32),
+        default_left=np.zeros((1, 0), bool),
+        leaf=np.zeros((1, 1), np.float32),
+        reason_feature=np.zeros((1, 1, 0), np.int64),
+        reason_value=np.zeros((1, 1, 0), np.float32),
+        root_mean=np.zeros(1, np.float32),
         base_margin=np.float32(0.0),
         n_features=1,
     )
-    trees.scores(np.zeros((1, 1), np.float32))
-    trees.explain(np.zeros((1, 1), np.float32))
+    for rows in (1, PARALLEL_FROM):
+        trees.scores(np.zeros((rows, 1), np.float32))
+        trees.explain(np.zeros((rows, 1), np.float32))

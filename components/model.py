@@ -35,15 +35,12 @@ __all__ = [
 
 CONTRIBUTION_METHODS = ("approx", "exact")
 """How XGBoost contributions are computed: ``approx`` (Saabas: the change of the expected
-value along the prediction path, per split feature; about 11 µs a transaction in batches,
-0.1 ms for a single one with its call overhead) or ``exact`` (tree SHAP; about 1 ms a
-transaction for a 150-tree model). Both add up to the score's log-odds; their reason codes
+value along the prediction path, per split feature; for a 150-tree model about 4 µs a
+transaction in batches on one core, 13 µs for a single one) or ``exact`` (tree SHAP; about
+1 ms a transaction). Both add up to the score's log-odds; their reason codes
 agree on the top feature for about 9 alerts in 10 (``docs/serving.md``). Other model types
 have one kind (exact for logistic regression, none for forests)."""
 DEFAULT_CONTRIBUTIONS = "approx"
-COMPILED_SCORES_UP_TO = 128
-"""Scores of more rows than this come from XGBoost's in-place prediction (its fixed per-call
-cost is amortised there, and its blocked tree walk is about twice as fast on 1,000 rows)."""
 
 MODEL_FILES = {
     "xgboost": "model.json",
@@ -200,9 +197,7 @@ class FraudModel:
                 score, contributions = compiled.explain(matrix)
                 rows = np.arange(len(matrix))
                 return Explained(score.astype(np.float64), rows, contributions[:, :-1])
-            dense = self._dense_predictor() if len(matrix) > COMPILED_SCORES_UP_TO else None
-            # the same bits either way (checked at load); XGBoost walks many rows faster
-            score = (dense.scores(matrix) if dense else compiled.scores(matrix)).astype(np.float64)
+            score = compiled.scores(matrix).astype(np.float64)
             rows = _rows(score, min_score)
             if not len(rows):
                 return Explained(score, rows, np.zeros((0, matrix.shape[1])))

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 import pandas as pd
 
 from components.bundle import Bundle
 from components.features import compute_features
+from components.jit import kernel
 from components.model import DEFAULT_CONTRIBUTIONS, FraudModel
 
 __all__ = ["format_reasons", "reason_codes", "score_frame"]
-
-_PYTHON_ROWS = 4
 
 
 def format_reasons(
@@ -23,7 +20,7 @@ def format_reasons(
 
     Each code reads ``feature=value (+contribution)``, contributions in log-odds. Shared by
     batch scoring and the model server, so both word reason codes alike. Equal contributions
-    keep column order (both ways of ranking below are stable).
+    keep column order (as a stable sort would).
 
     Args:
         names: Feature names, in column order.
@@ -31,25 +28,48 @@ def format_reasons(
         contributions: The model's contributions, same shape as ``values``.
         n: Most codes per transaction.
     """
-    if len(contributions) <= _PYTHON_ROWS:  # a request's few rows: no numpy call per step
-        top = [
-            heapq.nlargest(n, range(len(row)), key=row.__getitem__)
-            for row in contributions.tolist()
-        ]
-        top_values = [[r[c] for c in cols] for r, cols in zip(values.tolist(), top, strict=True)]
-        top_contributions = [
-            [r[c] for c in cols] for r, cols in zip(contributions.tolist(), top, strict=True)
-        ]
-    else:
-        order = np.argsort(-contributions, axis=1, kind="stable")[:, :n]
-        top = order.tolist()
-        # Python floats format as the numpy scalars do, without a numpy call per code
-        top_values = np.take_along_axis(np.asarray(values), order, axis=1).tolist()
-        top_contributions = np.take_along_axis(contributions, order, axis=1).tolist()
+    if n <= 0:
+        return [[] for _ in range(len(contributions))]
+    top, top_values, top_contributions = _top_positive(
+        np.ascontiguousarray(contributions, dtype=np.float64),
+        np.ascontiguousarray(values, dtype=np.float64),
+        n,
+    )
+    # Python floats format as the numpy scalars do, without a numpy call per code
     return [
-        [f"{names[c]}={v:.4g} (+{k:.2f})" for c, v, k in zip(cols, vs, ks, strict=True) if k > 0]
-        for cols, vs, ks in zip(top, top_values, top_contributions, strict=True)
+        [f"{names[c]}={v:.4g} (+{k:.2f})" for c, v, k in zip(cols, vs, ks, strict=True) if c >= 0]
+        for cols, vs, ks in zip(
+            top.tolist(), top_values.tolist(), top_contributions.tolist(), strict=True
+        )
     ]
+
+
+@kernel
+def _top_positive(contributions, values, n):
+    """Per row, the columns of the ``n`` largest positive contributions, largest first (the
+    leftmost of equals first; -1 where fewer are positive), with their values and
+    contributions."""
+    rows, width = contributions.shape
+    top = np.full((rows, n), -1, np.int64)
+    top_values = np.zeros((rows, n))
+    top_contributions = np.zeros((rows, n))
+    for i in range(rows):
+        row, kept = contributions[i], top[i]
+        count = 0
+        for c in range(width):
+            v = row[c]
+            if not v > 0 or (count == n and v <= row[kept[n - 1]]):
+                continue
+            at = min(count, n - 1)
+            while at > 0 and v > row[kept[at - 1]]:  # after its equals: they came first
+                kept[at] = kept[at - 1]
+                at -= 1
+            kept[at] = c
+            count = min(count + 1, n)
+        for k in range(count):
+            top_values[i, k] = values[i, kept[k]]
+            top_contributions[i, k] = row[kept[k]]
+    return top, top_values, top_contributions
 
 
 def reason_codes(

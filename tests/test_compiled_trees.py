@@ -16,7 +16,7 @@ import xgboost as xgb
 from serving_helpers import later_transactions, shared_model
 
 from components.bundle import fetch_bundle
-from components.compiled_trees import compiled_trees, from_booster, probe_matrix
+from components.compiled_trees import PARALLEL_FROM, compiled_trees, from_booster, probe_matrix
 from components.features import compute_features
 from components.store import LocalStore
 
@@ -30,15 +30,15 @@ def _booster(objective: str = "binary:logistic", seed: int = 0, **params) -> xgb
     return xgb.train(params, xgb.DMatrix(X, y, missing=np.nan), num_boost_round=25)
 
 
-def _repeats_on_a_path(trees, node: int, seen: tuple[int, ...]) -> bool:
-    if trees.left[node] < 0:
+def _repeats_on_a_path(trees, t: int, at: int = 0, seen: tuple[int, ...] = ()) -> bool:
+    if at >= trees.split.shape[1] or not trees.split[t, at]:
         return False
-    feature = int(trees.feature[node])
+    feature = int(trees.feature[t, at])
     if feature in seen:
         return True
     seen = (*seen, feature)
-    return _repeats_on_a_path(trees, trees.left[node], seen) or _repeats_on_a_path(
-        trees, trees.right[node], seen
+    return _repeats_on_a_path(trees, t, 2 * at + 1, seen) or _repeats_on_a_path(
+        trees, t, 2 * at + 2, seen
     )
 
 
@@ -79,25 +79,48 @@ def test_deep_trees_with_missing_values_and_repeated_splits(seed):
     trees = compiled_trees(booster, 6)
     assert trees is not None
     # some path splits on one feature twice (its deltas add up within the tree first)
-    assert any(_repeats_on_a_path(trees, root, ()) for root in trees.roots)
+    assert any(_repeats_on_a_path(trees, t) for t in range(len(trees.leaf)))
+    # leaves above the deepest level (padded with pass-through nodes)
+    assert (~trees.split).any()
     rng = np.random.default_rng(seed + 10)
     matrix = np.vstack([probe_matrix(trees, 300, seed), rng.normal(size=(300, 6))]).astype(
         np.float32
     )
     matrix[:5] = np.nan  # every feature missing
     want_scores, want_contributions = _xgboost(booster, matrix)
+    scores, contributions = trees.explain(matrix)  # blocks on every core
+    np.testing.assert_array_equal(scores, want_scores)
+    np.testing.assert_array_equal(contributions, want_contributions)
+    few = slice(3, 3 + PARALLEL_FROM - 1)  # one core, a last block that is not full
+    np.testing.assert_array_equal(trees.scores(matrix[few]), want_scores[few])
+    np.testing.assert_array_equal(trees.explain(matrix[few])[1], want_contributions[few])
+
+
+def test_trees_without_splits():
+    booster = _booster(min_child_weight=1e6)  # no split is allowed: every tree is one leaf
+    trees = compiled_trees(booster, 6)
+    assert trees is not None and trees.depth == 0
+    matrix = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
+    want_scores, want_contributions = _xgboost(booster, matrix)
     scores, contributions = trees.explain(matrix)
     np.testing.assert_array_equal(scores, want_scores)
     np.testing.assert_array_equal(contributions, want_contributions)
 
 
+def test_trees_too_deep_to_pad_are_left_to_xgboost(monkeypatch, caplog):
+    monkeypatch.setattr("components.compiled_trees.MAX_TABLE_BYTES", 10_000)
+    with caplog.at_level(logging.INFO, logger="fraudops.model"):
+        assert compiled_trees(_booster(), 6) is None
+    assert "too deep to compile" in caplog.text
+
+
 def test_at_the_threshold_a_value_goes_right():
     booster = _booster()
     trees = from_booster(booster, 6)
-    root = trees.roots[0]
+    feature, threshold = trees.feature[0, 0], trees.threshold[0, 0]  # the first root
     x = np.zeros((2, 6), np.float32)
-    x[:, trees.feature[root]] = trees.threshold[root]
-    x[1, trees.feature[root]] = np.nextafter(trees.threshold[root], np.float32(-np.inf))
+    x[:, feature] = threshold
+    x[1, feature] = np.nextafter(threshold, np.float32(-np.inf))
     want, _ = _xgboost(booster, x)
     np.testing.assert_array_equal(trees.scores(x), want)
 
@@ -125,8 +148,8 @@ def test_a_difference_from_xgboost_is_caught_and_xgboost_used(monkeypatch, caplo
 
     def off_by_one_step(b, n):  # one threshold a float step lower: a wrong model
         trees = real(b, n)
-        inner = np.flatnonzero(trees.left >= 0)
-        trees.threshold[inner[3]] = np.nextafter(trees.threshold[inner[3]], np.float32(-1e30))
+        t, at = np.argwhere(trees.split)[3]
+        trees.threshold[t, at] = np.nextafter(trees.threshold[t, at], np.float32(-1e30))
         return trees
 
     monkeypatch.setattr("components.compiled_trees.from_booster", off_by_one_step)
