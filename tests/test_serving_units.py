@@ -290,6 +290,29 @@ def test_reason_codes_are_the_batch_reason_codes(bundle):
     assert any(got)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    width=st.integers(1, 9),
+    n=st.integers(0, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_reason_codes_rank_like_a_stable_sort(rows, width, n, seed):
+    rng = np.random.default_rng(seed)
+    # few distinct contributions: ties, zeros and negatives are common
+    contributions = rng.choice([-1.5, -0.25, 0.0, 0.25, 0.5, 2.0], (rows, width)).astype(np.float32)
+    values = rng.normal(0, 1000, (rows, width)).astype(np.float32)
+    values[rng.random(values.shape) < 0.2] = np.nan
+    names = [f"f{c}" for c in range(width)]
+    order = np.argsort(-contributions, axis=1, kind="stable")[:, :n]
+    want = [
+        [f"{names[c]}={float(values[i, c]):.4g} (+{float(contributions[i, c]):.2f})"
+         for c in order[i] if contributions[i, c] > 0]
+        for i in range(rows)
+    ]  # fmt: skip
+    assert format_reasons(names, values, contributions, n) == want
+
+
 @pytest.mark.parametrize("method", ["approx", "exact"])
 def test_explain_gives_the_batch_scores_and_contributions(bundle, method):
     model = bundle.model()
