@@ -118,6 +118,23 @@ class _Table:
         if s.time[0] < floor_ms:
             self._cut(entity, s, floor_ms)
 
+    def add_many(
+        self, ids: Sequence[str], times: list[int], values: list[float], floor_ms: int
+    ) -> None:
+        """:meth:`add` for each row; an entity's next row (the common case) is added inline."""
+        get = self.series.get
+        added = 0
+        for entity, time, value in zip(ids, times, values, strict=True):
+            s = get(entity)
+            # a series is never empty; appending at its end leaves nothing to cut
+            if s is not None and time >= s.time[-1] and s.time[0] >= floor_ms:
+                s.time.append(time)
+                s.value.append(value)
+                added += 1
+            else:
+                self.add(entity, time, value, floor_ms)
+        self.rows += added
+
     def extend_sorted(self, entity: str, time: np.ndarray, value: np.ndarray) -> None:
         """Bulk-add rows sorted by time, all after the entity's last row (seeding)."""
         s = self.series.get(entity)
@@ -197,10 +214,8 @@ class InMemoryOnlineState:
         labels = [0.0] * n if label is None else np.asarray(label, np.float64).tolist()
         self.watermark_ms = max(self.watermark_ms, max(times))
         floor = self.floor_ms
-        add_customer, add_terminal = self.customers.add, self.terminals.add
-        for i in range(n):
-            add_customer(customer_ids[i], times[i], amounts[i], floor)
-            add_terminal(terminal_ids[i], times[i], labels[i], floor)
+        self.customers.add_many(customer_ids, times, amounts, floor)
+        self.terminals.add_many(terminal_ids, times, labels, floor)
         self.customers.prune(floor, self.sweep_per_append)
         self.terminals.prune(floor, self.sweep_per_append)
 

@@ -398,6 +398,34 @@ def test_state_memory_is_bounded_by_the_retention_window():
     assert (np.diff(state.history_for(["regular"], []).customers.time_ms) >= 0).all()
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5 * 86_400_000)), max_size=9),
+        max_size=8,
+    )
+)
+def test_state_keeps_every_recent_row_sorted_and_counts_them(batches):
+    state = InMemoryOnlineState(retention_days=2, sweep_per_append=1)
+    seen: list[tuple[str, int]] = []
+    for batch in batches:
+        ids = [entity for entity, _ in batch]
+        times = np.array([t for _, t in batch], dtype=np.int64)
+        state.append(ids, ids, times, times.astype(float))
+        seen += batch
+    history = state.history_for(list("abcd"), list("abcd"))
+    for rows, counted in (
+        (history.customers, state.stats()["customer_rows"]),
+        (history.terminals, state.stats()["terminal_rows"]),
+    ):
+        assert len(rows.time_ms) == counted  # the counter is exact
+        for g, entity in enumerate("abcd"):
+            got = rows.time_ms[rows.group == g]
+            assert (np.diff(got) >= 0).all()
+            recent = sorted(t for e, t in seen if e == entity and t >= state.floor_ms)
+            assert [t for t in got.tolist() if t >= state.floor_ms] == recent
+
+
 # -- the model in-process -----------------------------------------------------------------
 
 
