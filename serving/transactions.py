@@ -438,6 +438,8 @@ def _categories(
 ) -> list[str | None]:
     values = _strings(column, name, False, schema, where, problems, lower=True)
     allowed = schema.allowed.get(name)
+    if allowed is not None and not set(values).difference(allowed, (None,)):
+        return values
     if allowed is not None:
         for i, value in enumerate(values):
             if value is not None and value not in allowed:
