@@ -104,11 +104,39 @@ def batch_key(model: str, version: str, when: datetime | None = None) -> str:
     )
 
 
-def _flatten(record: dict[str, Any]) -> dict[str, Any]:
-    flat = {k: v for k, v in record.items() if k not in ("transaction", "features")}
-    flat.update({TX + k: v for k, v in record["transaction"].items()})
-    flat.update({FEATURE + k: v for k, v in (record.get("features") or {}).items()})
-    return flat
+def _columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The flat columns of ``records``: attributes, ``tx.<field>``, ``feature.<name>`` (None
+    where a record lacks one)."""
+    nested = ("transaction", "features")
+    columns = {k: [r.get(k) for r in records] for k in _keys(records) if k not in nested}
+    transactions = [r["transaction"] for r in records]
+    for k in _keys(transactions):
+        columns[TX + k] = [t.get(k) for t in transactions]
+    features = [r.get("features") or {} for r in records]
+    for k in _keys(features):
+        columns[FEATURE + k] = [f.get(k) for f in features]
+    return columns
+
+
+def _keys(dicts: list[dict[str, Any]]) -> list[str]:
+    """Every key of ``dicts``: the first one's in order, then the others' sorted."""
+    first = list(dicts[0]) if dicts else []
+    return first + sorted(set().union(*dicts).difference(first))
+
+
+def _table(records: list[dict[str, Any]]):
+    """``records`` as one Arrow table, ``time`` as UTC timestamps."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.table(_columns(records))
+    at = table.column_names.index("time")
+    try:
+        time = pc.cast(table.column(at), pa.timestamp("ns", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not the ISO 8601 Arrow reads
+        text = table.column(at).to_pandas()
+        time = pa.array(pd.to_datetime(text, utc=True, format="ISO8601"))
+    return table.set_column(at, "time", time)
 
 
 def _unflatten(row: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +154,8 @@ def _unflatten(row: dict[str, Any]) -> dict[str, Any]:
 
 def write_batch(store: ObjectStore, records: Iterable[dict[str, Any]]) -> list[str]:
     """Write records as one Parquet batch per (model, version, date); return the keys."""
+    import pyarrow.parquet as pq
+
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in records:
         day = record["time"][:10]
@@ -135,9 +165,7 @@ def write_batch(store: ObjectStore, records: Iterable[dict[str, Any]]) -> list[s
         when = datetime.fromisoformat(group[0]["time"])
         key = batch_key(model, version, when)
         buffer = io.BytesIO()
-        frame = pd.DataFrame([_flatten(r) for r in group])
-        frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
-        frame.to_parquet(buffer, index=False)
+        pq.write_table(_table(group), buffer)
         store.put_bytes(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
         keys.append(key)
     return keys
