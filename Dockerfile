@@ -18,14 +18,14 @@ COPY pipelines ./pipelines
 COPY serving ./serving
 COPY monitoring ./monitoring
 COPY fraudops ./fraudops
-# numba's compiled kernels (window features, tree walks) are cached at build time where the
-# server's user may write (components/jit.py falls back to $TMPDIR on a read-only filesystem);
-# compile from / so that the installed package, not this folder's copy, is the one cached
+# numba's compiled kernels (window features, tree walks, reason ranking) are cached at build
+# time where the server's user may write (components/jit.py falls back to $TMPDIR on a
+# read-only filesystem); compile from / so that the installed package, not this folder's
+# copy, is the one cached
 ENV NUMBA_CACHE_DIR=/opt/fraudops/numba-cache
 RUN pip install --no-cache-dir . \
     && useradd --uid 1000 --create-home fraudops \
-    && cd / && python -c "from components.compiled_trees import compile_kernels as trees; \
-from components.features.windows import compile_kernels as windows; trees(); windows()" \
+    && cd / && python -c "from components.scoring import compile_kernels; compile_kernels()" \
     && chown -R 1000 /opt/fraudops/numba-cache
 
 USER 1000

@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 
 from components.bundle import Bundle
+from components.compiled_trees import compile_kernels as compile_tree_kernels
 from components.features import compute_features
+from components.features.windows import compile_kernels as compile_window_kernels
 from components.jit import kernel
 from components.model import DEFAULT_CONTRIBUTIONS, FraudModel
 
-__all__ = ["format_reasons", "reason_codes", "score_frame"]
+__all__ = ["compile_kernels", "format_reasons", "reason_codes", "score_frame"]
 
 
 def format_reasons(
@@ -70,6 +72,15 @@ def _top_positive(contributions, values, n):
             top_values[i, k] = values[i, kept[k]]
             top_contributions[i, k] = row[kept[k]]
     return top, top_values, top_contributions
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) every kernel scoring uses: the window features,
+    the tree walks and the reason-code ranking (e.g. while building an image, and before a
+    server is ready, so that no request waits for a compiler)."""
+    compile_window_kernels()
+    compile_tree_kernels()
+    _top_positive(np.zeros((1, 1)), np.zeros((1, 1)), 1)
 
 
 def reason_codes(

@@ -15,9 +15,8 @@ from typing import Literal
 import numpy as np
 
 from components.bundle import Bundle
-from components.features.windows import compile_kernels
 from components.model import CONTRIBUTION_METHODS, DEFAULT_CONTRIBUTIONS, FraudModel
-from components.scoring import format_reasons
+from components.scoring import compile_kernels, format_reasons
 from serving.features import OnlineFeatures, entity_codes
 from serving.state import OnlineState
 from serving.transactions import TransactionBatch, pickle_column
