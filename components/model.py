@@ -178,7 +178,7 @@ class FraudModel:
 
         Made for a server's small batches. XGBoost models with ``approx`` contributions go
         through :mod:`components.compiled_trees` (the trees compiled with numba, checked
-        against XGBoost to the bit when first used: about 10 µs for one transaction), else
+        against XGBoost to the bit when first used: about 13 µs for one transaction), else
         through :class:`components.booster.DensePredictor` (a fraction of the Python
         wrapper's per-call cost): explaining every row, XGBoost builds one DMatrix and reads
         scores and contributions from it; otherwise it scores in place and builds a DMatrix
