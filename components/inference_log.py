@@ -34,6 +34,7 @@ __all__ = [
     "make_record",
     "read_frame",
     "read_records",
+    "record_columns",
     "write_batch",
 ]
 TX = "tx."
@@ -95,6 +96,48 @@ def make_record(
     return record
 
 
+def record_columns(
+    *,
+    model: str,
+    version: str,
+    transactions: dict[str, list[Any]],
+    score: list[float],
+    decision: list[str],
+    reasons: list[list[str]],
+    event_ids: list[str],
+    time: str,
+    latency_ms: float | None = None,
+    source: str = "fraudops-serving",
+    protocol: str = "v1",
+    features: dict[str, list[float | None]] | None = None,
+) -> dict[str, list[Any]]:
+    """The records :func:`make_record` gives for one request's transactions, as the flat
+    columns they are stored in (``tx.<field>``, ``feature.<name>``), without a dict per record.
+
+    All records of the block share the model, the version and the time. ``transactions``
+    holds one list per field (None where a transaction lacks the field), ``features`` one
+    list per feature.
+    """
+    n = len(score)
+    columns: dict[str, list[Any]] = {
+        "id": event_ids,
+        "specversion": ["1.0"] * n,
+        "type": [RESPONSE_TYPE] * n,
+        "source": [source] * n,
+        "time": [time] * n,
+        "model": [model] * n,
+        "version": [version] * n,
+        "protocol": [protocol] * n,
+        "score": score,
+        "decision": decision,
+        "reasons": reasons,
+        "latency_ms": [latency_ms] * n,
+    }
+    columns.update({TX + k: v for k, v in transactions.items()})
+    columns.update({FEATURE + k: v for k, v in (features or {}).items()})
+    return columns
+
+
 def batch_key(model: str, version: str, when: datetime | None = None) -> str:
     """The store key of a new batch for ``model``/``version`` written ``when``."""
     when = when or datetime.now(UTC)
@@ -124,12 +167,12 @@ def _keys(dicts: list[dict[str, Any]]) -> list[str]:
     return first + sorted(set().union(*dicts).difference(first))
 
 
-def _table(records: list[dict[str, Any]]):
-    """``records`` as one Arrow table, ``time`` as UTC timestamps."""
+def _table(columns: dict[str, list[Any]]):
+    """Flat record columns as one Arrow table, ``time`` as UTC timestamps."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = pa.table(_columns(records))
+    table = pa.table(columns)
     at = table.column_names.index("time")
     try:
         time = pc.cast(table.column(at), pa.timestamp("ns", tz="UTC"))
@@ -152,20 +195,36 @@ def _unflatten(row: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def write_batch(store: ObjectStore, records: Iterable[dict[str, Any]]) -> list[str]:
-    """Write records as one Parquet batch per (model, version, date); return the keys."""
+def write_batch(
+    store: ObjectStore,
+    records: Iterable[dict[str, Any]],
+    blocks: Iterable[dict[str, list[Any]]] = (),
+) -> list[str]:
+    """Write records, and blocks of :func:`record_columns`, as one Parquet batch per (model,
+    version, date); return the keys."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], tuple[list[dict[str, Any]], list[dict[str, list]]]] = {}
     for record in records:
-        day = record["time"][:10]
-        groups.setdefault((record["model"], record["version"], day), []).append(record)
+        key = (record["model"], record["version"], record["time"][:10])
+        groups.setdefault(key, ([], []))[0].append(record)
+    for block in blocks:
+        key = (block["model"][0], block["version"][0], block["time"][0][:10])
+        groups.setdefault(key, ([], []))[1].append(block)
     keys = []
-    for (model, version, _day), group in groups.items():
-        when = datetime.fromisoformat(group[0]["time"])
-        key = batch_key(model, version, when)
+    for (model, version, _day), (group, group_blocks) in groups.items():
+        first = group[0]["time"] if group else group_blocks[0]["time"][0]
+        key = batch_key(model, version, datetime.fromisoformat(first))
+        tables = [_table(_columns(group))] if group else []
+        tables += [_table(block) for block in group_blocks]
+        table = (
+            tables[0]
+            if len(tables) == 1
+            else pa.concat_tables(tables, promote_options="permissive")
+        )
         buffer = io.BytesIO()
-        pq.write_table(_table(group), buffer)
+        pq.write_table(table, buffer)
         store.put_bytes(key, buffer.getvalue(), content_type="application/vnd.apache.parquet")
         keys.append(key)
     return keys

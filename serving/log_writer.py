@@ -3,10 +3,11 @@
 The request path only hands over a small entry (the request's transactions, scores, decisions,
 reasons) with :meth:`InferenceLogWriter.submit`. A background thread takes the waiting entries
 every ``flush_interval`` seconds, or as soon as ``flush_records`` records wait, and has them
-built (``components.inference_log.make_record``) and written (``write_batch``: one object per
-model, version and date) either in a helper process (``process=True``, the server's default:
-building and encoding records costs about as much CPU as scoring them, and in this process it
-would hold the GIL the request path needs) or in the thread itself.
+built (as columns, ``components.inference_log.record_columns``; as records, ``make_record``,
+for a retry or to find a bad record) and written (``write_batch``: one object per model,
+version and date) either in a helper process (``process=True``, the server's default: building
+and encoding records costs CPU, and in this process it would hold the GIL the request path
+needs) or in the thread itself.
 
 The buffer is bounded (``max_records``). When it is full, ``submit`` blocks the caller for up to
 ``block_seconds`` (back-pressure: the store is slower than the traffic), and if there is still no
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from components.inference_log import write_batch
@@ -69,14 +70,23 @@ class LogEntry:
         count: How many records it gives.
         build: A module-level function returning the records (picklable by reference).
         args: Its arguments (picklable: lists, numpy arrays, dataclasses of them).
+        columns: Optionally, a module-level function returning the same records as one block
+            of flat columns (``components.inference_log.record_columns``: one model, version
+            and time), from the same ``args``. Writing uses it when given (no dict per
+            record); ``build`` remains for retries and for writing record by record.
     """
 
     count: int
     build: Callable[..., list[dict[str, Any]]]
     args: tuple = ()
+    columns: Callable[..., dict[str, list[Any]]] | None = None
 
     def records(self) -> list[dict[str, Any]]:
         return self.build(*self.args)
+
+    def block(self) -> dict[str, list[Any]]:
+        assert self.columns is not None
+        return self.columns(*self.args)
 
 
 def prebuilt(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -95,6 +105,22 @@ class WriteResult:
     error: str = ""
 
 
+@dataclass
+class _Group:
+    """What goes into one Parquet batch: built records, and entries written as blocks."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[LogEntry] = field(default_factory=list)
+    blocks: list[dict[str, list[Any]]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.records) + sum(e.count for e in self.entries)
+
+    def all_records(self) -> list[dict[str, Any]]:
+        return self.records + [r for e in self.entries for r in e.records()]
+
+
 def write_entries(
     store: ObjectStore | str, entries: list[LogEntry], records: list[dict[str, Any]]
 ) -> WriteResult:
@@ -105,34 +131,48 @@ def write_entries(
     content is written record by record and the bad records are counted as invalid.
     """
     store = _store(store)
+    groups: dict[tuple[str, str, str], _Group] = {}
     records = list(records)
     for entry in entries:
-        records.extend(entry.records())
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        if entry.columns is None:
+            records.extend(entry.records())
+            continue
+        block = entry.block()
+        group = groups.setdefault(
+            _key(block["model"][0], block["version"][0], block["time"][0]), _Group()
+        )
+        group.entries.append(entry)
+        group.blocks.append(block)
     for record in records:
-        key = (str(record.get("model")), str(record.get("version")), str(record["time"])[:10])
-        groups.setdefault(key, []).append(record)
+        key = _key(record.get("model"), record.get("version"), record["time"])
+        groups.setdefault(key, _Group()).records.append(record)
     written = invalid = 0
     pending = list(groups.values())
     while pending:
         group = pending[0]
         try:
-            write_batch(store, group)
-            written += len(group)
+            write_batch(store, group.records, group.blocks)
+            written += group.count
         except _PERMANENT:
-            for i, record in enumerate(group):
+            one_by_one = group.all_records()
+            for i, record in enumerate(one_by_one):
                 try:
                     write_batch(store, [record])
                     written += 1
                 except _PERMANENT:
                     invalid += 1
                 except Exception as e:  # the store went away meanwhile
-                    rest = [r for g in pending[1:] for r in g]
-                    return WriteResult(written, invalid, group[i:] + rest, str(e))
+                    rest = [r for g in pending[1:] for r in g.all_records()]
+                    return WriteResult(written, invalid, one_by_one[i:] + rest, str(e))
         except Exception as e:  # the store is down or refuses: retry later
-            return WriteResult(written, invalid, [r for g in pending for r in g], str(e))
+            leftover = [r for g in pending for r in g.all_records()]
+            return WriteResult(written, invalid, leftover, str(e))
         pending.pop(0)
     return WriteResult(written, invalid, [])
+
+
+def _key(model: object, version: object, time: object) -> tuple[str, str, str]:
+    return (str(model), str(version), str(time)[:10])
 
 
 _STORES: dict[str, ObjectStore] = {}

@@ -29,7 +29,7 @@ from kserve.errors import InferenceError, ModelMissingError
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components.bundle import Bundle
-from components.inference_log import make_record, read_frame
+from components.inference_log import make_record, read_frame, record_columns
 from components.store import ObjectStore, StoreError
 from serving.errors import InvalidTransactions, ServingError
 from serving.http import current_request
@@ -399,7 +399,7 @@ class FraudDetector(Model):
             names,
         )
         assert self.writer is not None
-        self.writer.submit(LogEntry(len(batch), records_for, args))
+        self.writer.submit(LogEntry(len(batch), records_for, args, columns_for))
 
 
 def records_for(
@@ -447,6 +447,42 @@ def records_for(
             )
         )
     return out
+
+
+def columns_for(
+    batch: TransactionBatch,
+    scored: Scored,
+    name: str,
+    version: str,
+    protocol: str,
+    request_id: str,
+    latency_ms: float | None,
+    source: str,
+    when: datetime,
+    feature_names: list[str] | None = None,
+) -> dict[str, list[Any]]:
+    """:func:`records_for` as one block of flat columns (``record_columns``)."""
+    n = len(batch)
+    features = None
+    if feature_names is not None:
+        features = {
+            f: [None if v != v else v for v in scored.features[:, j].tolist()]
+            for j, f in enumerate(feature_names)
+        }
+    return record_columns(
+        model=name,
+        version=version,
+        transactions=batch.columns(),
+        score=scored.score.tolist(),
+        decision=scored.decisions,
+        reasons=scored.reasons,
+        event_ids=[request_id] if n == 1 else [f"{request_id}-{i}" for i in range(n)],
+        time=when.isoformat(),
+        latency_ms=latency_ms,
+        source=source,
+        protocol=protocol,
+        features=features,
+    )
 
 
 def _request_id(headers: dict[str, str] | None, payload: object) -> str:

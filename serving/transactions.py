@@ -202,6 +202,25 @@ class TransactionBatch:
                         record[name] = number
         return out
 
+    def columns(self) -> dict[str, list[Any]]:
+        """The fields :meth:`transactions` gives, one list per field (None where a
+        transaction lacks an optional field; a field none of them has is left out)."""
+        out: dict[str, list[Any]] = {
+            "transaction_id": list(self.transaction_id),
+            "timestamp": list(self.timestamp),
+            "customer_id": list(self.customer_id),
+            "terminal_id": list(self.terminal_id),
+            "amount": self.numeric["amount"].tolist(),
+        }
+        for name in self.present:
+            if name in self.categorical:
+                column = list(self.categorical[name])
+            else:
+                column = [None if v != v else v for v in self.numeric[name].tolist()]
+            if any(v is not None for v in column):
+                out[name] = column
+        return out
+
 
 SMALL_COLUMN = 64
 """Up to this many values, a column pickles faster as a list than as an array."""

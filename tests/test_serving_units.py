@@ -17,18 +17,25 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kserve.protocol.infer_type import InferInput, InferRequest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from serving_helpers import instance, later_transactions, shared_model, tensors
 
 from components.bundle import Bundle, fetch_bundle
 from components.features import compute_features
-from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE, make_record, read_records
+from components.inference_log import (
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    make_record,
+    read_frame,
+    read_records,
+)
 from components.scoring import format_reasons, reason_codes
 from components.store import LocalStore
 from serving.errors import InvalidTransactions, PayloadTooLarge, ServingError
 from serving.features import OnlineFeatures
 from serving.log_sink import Event, EventPairer, records_from_pair
-from serving.log_writer import InferenceLogWriter, LogEntry, prebuilt
+from serving.log_writer import InferenceLogWriter, LogEntry, prebuilt, write_entries
 from serving.metrics import ArrayHistogram, ServingMetrics
 from serving.model import FraudDetector, ServingConfig
 from serving.scorer import Scorer
@@ -382,6 +389,53 @@ def test_request_entries_pickle_compactly_and_give_the_same_records(bundle):
     for entry in entries:
         copy = pickle.loads(pickle.dumps(entry))
         assert copy.records() == entry.records()
+
+
+@pytest.mark.parametrize("log_features", [False, True])
+def test_request_entries_written_as_columns_equal_the_records(bundle, tmp_path, log_features):
+    detector = FraudDetector(
+        "fraud",
+        parse_model_uri(str(bundle.folder)),
+        ServingConfig(replay_log=False, log_features=log_features),
+    )
+    detector.load()
+    entries: list[LogEntry] = []
+    detector.writer = SimpleNamespace(submit=entries.append)  # type: ignore[assignment]
+    rows = [instance(r) for r in later_transactions(90).to_dict("records")]
+    for row in rows[::3]:
+        row.pop("merchant_category", None)  # an optional field some transactions lack
+    for row in rows[60:]:
+        row["channel"] = None  # given, but null in every transaction of a request
+    detector.predict({"instances": rows[:1]})
+    detector.predict({"instances": rows[1:60]})
+    inputs = [
+        InferInput(t["name"], t["shape"], t["datatype"], t["data"]) for t in tensors(rows[60:])
+    ]
+    detector.predict(InferRequest("fraud", inputs))
+    assert all(e.columns is not None for e in entries)
+    as_columns, as_records = LocalStore(tmp_path / "c"), LocalStore(tmp_path / "r")
+    assert write_entries(as_columns, entries, []).written == 90
+    plain = [LogEntry(e.count, e.build, e.args) for e in entries]
+    assert write_entries(as_records, plain, []).written == 90
+    got, want = read_frame(as_columns, "fraud"), read_frame(as_records, "fraud")
+    assert "tx.merchant_category" in got and got["tx.merchant_category"].isna().any()
+    assert ("feature.log_amount" in got) == log_features
+    pd.testing.assert_frame_equal(got, want, check_like=True)
+    assert read_records(as_columns, "fraud") == read_records(as_records, "fraud")
+
+
+def test_a_block_that_cannot_be_written_falls_back_to_records(bundle, tmp_path):
+    detector = FraudDetector("fraud", parse_model_uri(str(bundle.folder)), ServingConfig())
+    detector.load()
+    entries: list[LogEntry] = []
+    detector.writer = SimpleNamespace(submit=entries.append)  # type: ignore[assignment]
+    rows = [instance(r) for r in later_transactions(10).to_dict("records")]
+    detector.predict({"instances": rows[:4]})
+    detector.name = ""  # no key can be made of an empty model name
+    detector.predict({"instances": rows[4:]})
+    result = write_entries(LocalStore(tmp_path), entries, [])
+    assert (result.written, result.invalid) == (4, 6)
+    assert len(read_records(LocalStore(tmp_path), "fraud")) == 4
 
 
 def test_state_memory_is_bounded_by_the_retention_window():
