@@ -34,18 +34,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.jit import kernel, prange
+from components.jit import kernel
 
 __all__ = ["CompiledTrees", "compiled_trees"]
 
 log = logging.getLogger("fraudops.model")
 
-PROBE_ROWS = 512
+PROBE_ROWS = 500  # not a multiple of BLOCK: the last block is partly filled
 BLOCK = 32
 """Rows walked through one tree together."""
-PARALLEL_FROM = 256
-"""From this many rows on, the blocks are spread over every core (a few rows are done before
-the threads would wake)."""
 MAX_TABLE_BYTES = 256 * 2**20
 """Padded trees bigger than this (very deep trees) are left to XGBoost."""
 
@@ -97,8 +94,7 @@ class CompiledTrees:
         return self._walk(matrix, True)
 
     def _walk(self, matrix: np.ndarray, explain: bool) -> tuple[np.ndarray, np.ndarray]:
-        walk = _walk_parallel if len(matrix) >= PARALLEL_FROM else _walk_serial
-        return walk(
+        return _walk(
             np.ascontiguousarray(matrix, dtype=np.float32),
             explain,
             self.feature,
@@ -261,8 +257,7 @@ def compiled_trees(booster: object, n_features: int) -> CompiledTrees | None:
     try:
         trees = from_booster(booster, n_features)
         probe = probe_matrix(trees)
-        few = probe[: PARALLEL_FROM - 1]
-        got = (trees.scores(probe), *trees.explain(probe), trees.scores(few), *trees.explain(few))
+        got = (trees.scores(probe), *trees.explain(probe))
         dm = xgb.DMatrix(probe, missing=np.nan)
         score = booster.predict(dm, validate_features=False)  # type: ignore[attr-defined]
         contributions = booster.predict(  # type: ignore[attr-defined]
@@ -271,10 +266,8 @@ def compiled_trees(booster: object, n_features: int) -> CompiledTrees | None:
     except Exception as e:  # an unsupported model or an unusable numba: XGBoost it is
         log.info("trees not compiled (%s); scoring with XGBoost", e)
         return None
-    n = len(few)
-    want = (score, score, contributions, score[:n], score[:n], contributions[:n])
-    names = ("scores", "scores", "contributions") * 2
-    for name, g, w in zip(names, got, want, strict=True):
+    want = (score, score, contributions)
+    for name, g, w in zip(("scores", "scores", "contributions"), got, want, strict=True):
         if g.shape != w.shape or not np.array_equal(g, w):
             diff = np.nanmax(np.abs(g - w)) if g.shape == w.shape else "shape"
             log.warning("compiled trees differ from XGBoost (%s: %s); using XGBoost", name, diff)
@@ -327,7 +320,7 @@ def _finish(margin, contributions, base_margin):
 
 
 @kernel
-def _walk_serial(
+def _walk(
     matrix, explain, feature, threshold, default_left, leaf,
     reason_feature, reason_value, root_mean, base_margin,
 ):  # fmt: skip
@@ -340,28 +333,6 @@ def _walk_serial(
         _block(
             matrix, start, min(start + BLOCK, n), feature, threshold, default_left, leaf,
             reason_feature, reason_value, root_mean, margin, contributions, nodes,
-        )  # fmt: skip
-    return _finish(margin, contributions, base_margin)
-
-
-# Written out again rather than one source compiled twice: numba's disk cache keys a kernel by
-# its function, so a serial and a parallel compilation of one function share a cache entry
-# and one silently runs the other's code (measured: the "parallel" walk ran serially).
-@kernel(parallel=True)
-def _walk_parallel(
-    matrix, explain, feature, threshold, default_left, leaf,
-    reason_feature, reason_value, root_mean, base_margin,
-):  # fmt: skip
-    """:func:`_walk_serial` with the blocks spread over every core."""
-    n, f = matrix.shape
-    margin = np.full(n, base_margin, np.float32)
-    contributions = np.zeros((n if explain else 0, f + 1), np.float32)
-    for b in prange((n + BLOCK - 1) // BLOCK):
-        start = b * BLOCK
-        _block(
-            matrix, start, min(start + BLOCK, n), feature, threshold, default_left, leaf,
-            reason_feature, reason_value, root_mean, margin, contributions,
-            np.empty(BLOCK, np.int64),
         )  # fmt: skip
     return _finish(margin, contributions, base_margin)
 
@@ -381,6 +352,5 @@ def compile_kernels() -> None:
         base_margin=np.float32(0.0),
         n_features=1,
     )
-    for rows in (1, PARALLEL_FROM):
-        trees.scores(np.zeros((rows, 1), np.float32))
-        trees.explain(np.zeros((rows, 1), np.float32))
+    trees.scores(np.zeros((1, 1), np.float32))
+    trees.explain(np.zeros((1, 1), np.float32))

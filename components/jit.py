@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["CACHE_DIR", "kernel", "prange"]
+__all__ = ["CACHE_DIR", "kernel"]
 
 
 def _writable(folder: Path) -> bool:
@@ -49,15 +49,12 @@ CACHE_DIR = _cache_dir()
 import numba  # noqa: E402  (after NUMBA_CACHE_DIR is settled)
 
 
-def kernel(function: Callable | None = None, *, parallel: bool = False) -> Callable:
+def kernel(function: Callable) -> Callable:
     """``numba.njit`` for a hot kernel: nopython, releases the GIL, cached when possible.
 
-    Use as ``@kernel``, or ``@kernel(parallel=True)`` to run its ``prange`` loops on every
-    core. Decorate each function once: numba's cache keys a kernel by its function, so two
-    compilations of one function with other options would share (and swap) cached code.
+    Kernels run on one core: the server has one request in hand at a time, and OpenMP's
+    threads (numba's ``parallel=True``) spin between parallel regions, taking the second core
+    from the inference-log writer for about 3% more batch throughput (measured, see
+    ``docs/serving.md``).
     """
-    options = {"cache": CACHE_DIR is not None, "nogil": True, "parallel": parallel}
-    return numba.njit(**options) if function is None else numba.njit(**options)(function)
-
-
-prange = numba.prange
+    return numba.njit(cache=CACHE_DIR is not None, nogil=True)(function)
