@@ -372,17 +372,23 @@ def test_scorer_reasons_for_alerts_explains_only_alerts(bundle):
         Scorer(bundle, state, 3, "all", "shap")
 
 
-def test_request_entries_pickle_compactly_and_give_the_same_records(bundle):
-    import pickle
-
+def _logging_detector(bundle, log_features: bool) -> tuple[FraudDetector, list[LogEntry]]:
+    """A loaded detector whose log entries are collected instead of written."""
     detector = FraudDetector(
         "fraud",
         parse_model_uri(str(bundle.folder)),
-        ServingConfig(replay_log=False, log_features=True),
+        ServingConfig(replay_log=False, log_features=log_features),
     )
     detector.load()
     entries: list[LogEntry] = []
     detector.writer = SimpleNamespace(submit=entries.append)  # type: ignore[assignment]
+    return detector, entries
+
+
+def test_request_entries_pickle_compactly_and_give_the_same_records(bundle):
+    import pickle
+
+    detector, entries = _logging_detector(bundle, log_features=True)
     rows = [instance(r) for r in later_transactions(80).to_dict("records")]
     detector.predict({"instances": rows[:1]})
     detector.predict({"instances": rows[1:]})  # larger than a small column
@@ -393,14 +399,7 @@ def test_request_entries_pickle_compactly_and_give_the_same_records(bundle):
 
 @pytest.mark.parametrize("log_features", [False, True])
 def test_request_entries_written_as_columns_equal_the_records(bundle, tmp_path, log_features):
-    detector = FraudDetector(
-        "fraud",
-        parse_model_uri(str(bundle.folder)),
-        ServingConfig(replay_log=False, log_features=log_features),
-    )
-    detector.load()
-    entries: list[LogEntry] = []
-    detector.writer = SimpleNamespace(submit=entries.append)  # type: ignore[assignment]
+    detector, entries = _logging_detector(bundle, log_features)
     rows = [instance(r) for r in later_transactions(90).to_dict("records")]
     for row in rows[::3]:
         row.pop("merchant_category", None)  # an optional field some transactions lack
@@ -425,10 +424,7 @@ def test_request_entries_written_as_columns_equal_the_records(bundle, tmp_path, 
 
 
 def test_a_block_that_cannot_be_written_falls_back_to_records(bundle, tmp_path):
-    detector = FraudDetector("fraud", parse_model_uri(str(bundle.folder)), ServingConfig())
-    detector.load()
-    entries: list[LogEntry] = []
-    detector.writer = SimpleNamespace(submit=entries.append)  # type: ignore[assignment]
+    detector, entries = _logging_detector(bundle, log_features=False)
     rows = [instance(r) for r in later_transactions(10).to_dict("records")]
     detector.predict({"instances": rows[:4]})
     detector.name = ""  # no key can be made of an empty model name
