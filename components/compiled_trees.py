@@ -140,16 +140,16 @@ def from_booster(booster: object, n_features: int) -> CompiledTrees:
         trees.append((left, right, value, feature, np.asarray(tree["default_left"], bool), mean))
     depth = max((_depth(t[0], t[1]) for t in trees), default=0)
     n_leaves = 2**depth
-    if len(trees) * n_leaves * (depth * 8 + 4) > MAX_TABLE_BYTES:
+    if len(trees) * n_leaves * (depth * 8 + 4) > MAX_TABLE_BYTES:  # 4-byte reasons and leaves
         raise ValueError(f"trees of depth {depth} are too deep to compile")
     shape = (len(trees), n_leaves - 1)
     laid_out = CompiledTrees(
         split=np.zeros(shape, bool),
-        feature=np.zeros(shape, np.int64),
+        feature=np.zeros(shape, np.int32),
         threshold=np.full(shape, np.inf, np.float32),
         default_left=np.ones(shape, bool),
         leaf=np.zeros((len(trees), n_leaves), np.float32),
-        reason_feature=np.zeros((len(trees), n_leaves, depth), np.int64),
+        reason_feature=np.zeros((len(trees), n_leaves, depth), np.int32),
         reason_value=np.zeros((len(trees), n_leaves, depth), np.float32),
         root_mean=np.asarray([t[5][0] for t in trees], np.float32),
         base_margin=base_margin,
@@ -342,11 +342,11 @@ def compile_kernels() -> None:
     while building an image, so that servers start without compiling)."""
     trees = CompiledTrees(
         split=np.zeros((1, 0), bool),
-        feature=np.zeros((1, 0), np.int64),
+        feature=np.zeros((1, 0), np.int32),
         threshold=np.zeros((1, 0), np.float32),
         default_left=np.zeros((1, 0), bool),
         leaf=np.zeros((1, 1), np.float32),
-        reason_feature=np.zeros((1, 1, 0), np.int64),
+        reason_feature=np.zeros((1, 1, 0), np.int32),
         reason_value=np.zeros((1, 1, 0), np.float32),
         root_mean=np.zeros(1, np.float32),
         base_margin=np.float32(0.0),
