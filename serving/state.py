@@ -85,22 +85,17 @@ class _Table:
         self._sweep: list[str] = []
 
     def gather(self, ids: Sequence[str]) -> EntityRows:
-        # C-level array concatenation (a memcpy per entity) into new arrays, viewed by numpy
-        # once: numpy must never export the series' own buffers (appends resize them)
-        times, values = array("q"), array("d")
-        lengths = []
+        # one C-level join of the series' buffers into new bytes, viewed by numpy once: numpy
+        # must never export the series' own buffers (appends resize them)
         get = self.series.get
-        for entity in ids:
-            s = get(entity)
-            if s is None:
-                lengths.append(0)
-                continue
-            times += s.time
-            values += s.value
-            lengths.append(len(s.time))
-        if not times:
+        found = [get(entity) for entity in ids]
+        present = [s for s in found if s is not None]
+        if not present:
             return EntityRows.empty()
+        lengths = [0 if s is None else len(s.time) for s in found]
         group = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
+        times = b"".join([s.time for s in present])
+        values = b"".join([s.value for s in present])
         return EntityRows(group, np.frombuffer(times, np.int64), np.frombuffer(values, np.float64))
 
     def add(self, entity: str, time: int, value: float, floor_ms: int) -> None:
