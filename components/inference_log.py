@@ -31,6 +31,7 @@ __all__ = [
     "REQUEST_TYPE",
     "RESPONSE_TYPE",
     "batch_key",
+    "block_records",
     "make_record",
     "read_frame",
     "read_records",
@@ -136,6 +137,13 @@ def record_columns(
     columns.update({TX + k: v for k, v in transactions.items()})
     columns.update({FEATURE + k: v for k, v in (features or {}).items()})
     return columns
+
+
+def block_records(block: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The records (as :func:`make_record` shapes them) of a block of :func:`record_columns`."""
+    names = list(block)
+    rows = zip(*block.values(), strict=True)
+    return [_unflatten(dict(zip(names, row, strict=True))) for row in rows]
 
 
 def batch_key(model: str, version: str, when: datetime | None = None) -> str:

@@ -7,8 +7,8 @@ POSTs every request and every successful response as separate binary-mode CloudE
 ``ce-namespace``, ``ce-component``, ``ce-endpoint``, ``ce-metadata``). This sink pairs the two
 events of a request by ``ce-id`` (in either order), decodes them with the model server's own
 decoders and builds the records with the same function as the server
-(:func:`serving.model.records_for` -> ``components.inference_log.make_record``), so both paths
-write identical records. Records go through the same bounded background writer
+(:func:`serving.model.columns_for`, as records by ``components.inference_log.block_records``),
+so both paths write identical records. Records go through the same bounded background writer
 (:class:`serving.log_writer.InferenceLogWriter`), flushed on shutdown.
 
 A request without a response (the model answered an error: the logger only sends responses
@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE
+from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE, block_records
 from components.schema import FIELDS
 from components.store import ObjectStore
 from serving.errors import ServingError
@@ -194,7 +194,7 @@ def records_from_pair(request: Event, response: Event) -> list[dict[str, Any]]:
     Raises:
         SinkError: a body cannot be decoded or the two do not match.
     """
-    from serving.model import records_for
+    from serving.model import columns_for
 
     protocol, req, _ = decode_body(request.body, REQUEST_TYPE)
     _, res, parsed = decode_body(response.body, RESPONSE_TYPE)
@@ -216,7 +216,7 @@ def records_from_pair(request: Event, response: Event) -> list[dict[str, Any]]:
     latency = None
     if request.time is not None and response.time is not None:
         latency = (response.time - request.time).total_seconds() * 1000.0
-    return records_for(
+    block = columns_for(
         batch,
         scored,
         model,
@@ -227,6 +227,7 @@ def records_from_pair(request: Event, response: Event) -> list[dict[str, Any]]:
         response.source,
         response.time or datetime.now(UTC),
     )
+    return block_records(block)
 
 
 class EventPairer:

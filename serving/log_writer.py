@@ -3,11 +3,11 @@
 The request path only hands over a small entry (the request's transactions, scores, decisions,
 reasons) with :meth:`InferenceLogWriter.submit`. A background thread takes the waiting entries
 every ``flush_interval`` seconds, or as soon as ``flush_records`` records wait, and has them
-built (as columns, ``components.inference_log.record_columns``; as records, ``make_record``,
-for a retry or to find a bad record) and written (``write_batch``: one object per model,
-version and date) either in a helper process (``process=True``, the server's default: building
-and encoding records costs CPU, and in this process it would hold the GIL the request path
-needs) or in the thread itself.
+built (as columns, ``components.inference_log.record_columns``; as records only for a retry
+or to find a bad record) and written (``write_batch``: one object per model, version and date)
+either in a helper process (``process=True``, the server's default: building and encoding
+records costs CPU, and in this process it would hold the GIL the request path needs) or in
+the thread itself.
 
 The buffer is bounded (``max_records``). When it is full, ``submit`` blocks the caller for up to
 ``block_seconds`` (back-pressure: the store is slower than the traffic), and if there is still no
@@ -32,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.inference_log import write_batch
+from components.inference_log import block_records, write_batch
 from components.store import InvalidKeyError, ObjectStore
 
 __all__ = ["InferenceLogWriter", "LogEntry", "write_entries"]
@@ -68,20 +68,23 @@ class LogEntry:
 
     Attributes:
         count: How many records it gives.
-        build: A module-level function returning the records (picklable by reference).
+        build: A module-level function returning the records (picklable by reference), or
+            None when ``columns`` gives them.
         args: Its arguments (picklable: lists, numpy arrays, dataclasses of them).
-        columns: Optionally, a module-level function returning the same records as one block
-            of flat columns (``components.inference_log.record_columns``: one model, version
-            and time), from the same ``args``. Writing uses it when given (no dict per
-            record); ``build`` remains for retries and for writing record by record.
+        columns: Optionally, a module-level function returning the records as one block of
+            flat columns (``components.inference_log.record_columns``: one model, version and
+            time), from ``args``. Writing uses it (no dict per record); the records are made
+            from the block only to retry a failed write or to single out a bad record.
     """
 
     count: int
-    build: Callable[..., list[dict[str, Any]]]
+    build: Callable[..., list[dict[str, Any]]] | None = None
     args: tuple = ()
     columns: Callable[..., dict[str, list[Any]]] | None = None
 
     def records(self) -> list[dict[str, Any]]:
+        if self.build is None:
+            return block_records(self.block())
         return self.build(*self.args)
 
     def block(self) -> dict[str, list[Any]]:

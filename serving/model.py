@@ -29,7 +29,7 @@ from kserve.errors import InferenceError, ModelMissingError
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components.bundle import Bundle
-from components.inference_log import make_record, read_frame, record_columns
+from components.inference_log import read_frame, record_columns
 from components.store import ObjectStore, StoreError
 from serving.errors import InvalidTransactions, ServingError
 from serving.http import current_request
@@ -399,54 +399,7 @@ class FraudDetector(Model):
             names,
         )
         assert self.writer is not None
-        self.writer.submit(LogEntry(len(batch), records_for, args, columns_for))
-
-
-def records_for(
-    batch: TransactionBatch,
-    scored: Scored,
-    name: str,
-    version: str,
-    protocol: str,
-    request_id: str,
-    latency_ms: float | None,
-    source: str,
-    when: datetime,
-    feature_names: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Inference-log records of one request (shared with :mod:`serving.log_sink`).
-
-    A request of one transaction gives one record with the request id as its CloudEvent id;
-    a batch gives ``<request id>-<i>`` per transaction.
-    """
-    n = len(batch)
-    decisions = scored.decisions
-    scores = scored.score.tolist()
-    transactions = batch.transactions()
-    stamp = when.isoformat()
-    out = []
-    for i in range(n):
-        features = None
-        if feature_names is not None:
-            row = scored.features[i].tolist()
-            features = {f: (None if v != v else v) for f, v in zip(feature_names, row, strict=True)}
-        out.append(
-            make_record(
-                model=name,
-                version=version,
-                transaction=transactions[i],
-                score=scores[i],
-                decision=decisions[i],
-                reasons=scored.reasons[i],
-                latency_ms=latency_ms,
-                event_id=request_id if n == 1 else f"{request_id}-{i}",
-                source=source,
-                protocol=protocol,
-                time=stamp,
-                features=features,
-            )
-        )
-    return out
+        self.writer.submit(LogEntry(len(batch), args=args, columns=columns_for))
 
 
 def columns_for(
@@ -461,7 +414,12 @@ def columns_for(
     when: datetime,
     feature_names: list[str] | None = None,
 ) -> dict[str, list[Any]]:
-    """:func:`records_for` as one block of flat columns (``record_columns``)."""
+    """Inference-log records of one request as one block of flat columns (``record_columns``;
+    ``block_records`` gives them as records). Shared with :mod:`serving.log_sink`.
+
+    A request of one transaction gives one record with the request id as its CloudEvent id;
+    a batch gives ``<request id>-<i>`` per transaction.
+    """
     n = len(batch)
     features = None
     if feature_names is not None:

@@ -160,7 +160,7 @@ class _Table:
         self.rows -= k
 
     def prune(self, floor_ms: int, budget: int) -> None:
-        """Drop rows older than ``floor_ms`` from up to ``budget`` entities (round robin)."""
+        """Check up to ``budget`` entities (round robin) and cut those due (see the class)."""
         if not self._sweep:
             self._sweep = list(self.series)
         for _ in range(min(budget, len(self._sweep))):

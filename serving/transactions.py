@@ -168,43 +168,11 @@ class TransactionBatch:
 
     def transaction(self, i: int) -> dict[str, Any]:
         """Transaction ``i`` as a JSON-ready dict of its non-missing, normalised fields."""
-        return self.transactions(i, i + 1)[0]
-
-    def transactions(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
-        """Transactions ``start:stop`` as :meth:`transaction` gives them (columns converted
-        to Python values once, not per transaction)."""
-        rows = slice(start, len(self) if stop is None else stop)
-        out = [
-            {
-                "transaction_id": tid,
-                "timestamp": ts,
-                "customer_id": cid,
-                "terminal_id": term,
-                "amount": amount,
-            }
-            for tid, ts, cid, term, amount in zip(
-                self.transaction_id[rows],
-                self.timestamp[rows],
-                self.customer_id[rows],
-                self.terminal_id[rows],
-                self.numeric["amount"][rows].tolist(),
-                strict=True,
-            )
-        ]
-        for name in self.present:
-            if name in self.categorical:
-                for record, value in zip(out, self.categorical[name][rows], strict=True):
-                    if value is not None:
-                        record[name] = value
-            else:
-                for record, number in zip(out, self.numeric[name][rows].tolist(), strict=True):
-                    if not math.isnan(number):
-                        record[name] = number
-        return out
+        return {k: v[i] for k, v in self.columns().items() if v[i] is not None}
 
     def columns(self) -> dict[str, list[Any]]:
-        """The fields :meth:`transactions` gives, one list per field (None where a
-        transaction lacks an optional field; a field none of them has is left out)."""
+        """The transactions' normalised fields, one list per field (None where a transaction
+        lacks an optional field; a field none of them has is left out)."""
         out: dict[str, list[Any]] = {
             "transaction_id": list(self.transaction_id),
             "timestamp": list(self.timestamp),

@@ -414,7 +414,7 @@ def test_request_entries_written_as_columns_equal_the_records(bundle, tmp_path, 
     assert all(e.columns is not None for e in entries)
     as_columns, as_records = LocalStore(tmp_path / "c"), LocalStore(tmp_path / "r")
     assert write_entries(as_columns, entries, []).written == 90
-    plain = [LogEntry(e.count, e.build, e.args) for e in entries]
+    plain = [LogEntry(e.count, prebuilt, (e.records(),)) for e in entries]
     assert write_entries(as_records, plain, []).written == 90
     got, want = read_frame(as_columns, "fraud"), read_frame(as_records, "fraud")
     assert "tx.merchant_category" in got and got["tx.merchant_category"].isna().any()
