@@ -9,6 +9,9 @@
 - answers every error in KServe's format ``{"error": "..."}``: request-decoding failures inside
   KServe that would otherwise surface as a 500 (e.g. a malformed binary V2 header) become 400;
 - counts requests, latency and errors by kind (:mod:`serving.metrics`).
+- hands plain-JSON scoring requests for the models in ``direct`` to
+  :mod:`serving.direct_routes`, which answers them as KServe's routes would without FastAPI's
+  per-request cost; everything else goes on to KServe's routes.
 
 :func:`install` also registers handlers for :mod:`serving.errors` (413, 415, 400) and for
 FastAPI's body validation (a V2 body that is not JSON or not an inference request: 400 instead
@@ -31,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving import direct_routes
 from serving.errors import ServingError
 from serving.metrics import ServingMetrics
 
@@ -96,6 +100,9 @@ class ScoringMiddleware:
         metrics: Where to count.
         versions: Model name -> bundle version, for metric labels of refused requests.
         max_body_bytes: Largest request body accepted.
+        direct: Model name -> model whose plain-JSON requests :mod:`serving.direct_routes`
+            answers instead of KServe's routes.
+        handlers: The app's exception handlers, for those direct answers.
     """
 
     def __init__(
@@ -104,11 +111,15 @@ class ScoringMiddleware:
         metrics: ServingMetrics,
         versions: dict[str, str],
         max_body_bytes: int = 64 * 1024 * 1024,
+        direct: dict[str, Any] | None = None,
+        handlers: dict[Any, Callable] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.versions = versions
         self.max_body_bytes = max_body_bytes
+        self.direct = direct or {}
+        self.handlers = handlers if handlers is not None else {}
         self._series: dict[tuple, tuple] = {}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -152,7 +163,15 @@ class ScoringMiddleware:
 
                 token = _CONTEXT.set(ctx)
                 try:
-                    await self.app(scope, replay, send_wrapper)
+                    model = self.direct.get(ctx.model)
+                    if not (
+                        model is not None
+                        and direct_routes.takes(scope)
+                        and await direct_routes.serve(
+                            model, protocol, scope, body, send_wrapper, self.handlers
+                        )
+                    ):
+                        await self.app(scope, replay, send_wrapper)
                 except Exception as e:
                     if status[0]:
                         raise  # the response started: nothing sensible to add
@@ -298,7 +317,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> OR
             continue  # FastAPI also tried the raw-bytes alternative of the body
         if err.get("type") == "json_invalid":
             detail = (err.get("ctx") or {}).get("error", "")
-            problems.append(f"the body is not valid JSON ({detail} at character {loc[-1]})")
+            # FastAPI's parser gives the character; pydantic's (serving.direct_routes) has the
+            # line and column in its message
+            at = f" at character {loc[-1]}" if loc else ""
+            problems.append(f"the body is not valid JSON ({detail}{at})")
             continue
         where = ".".join(loc)
         problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
@@ -310,11 +332,29 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> OR
 
 
 def install(
-    app: FastAPI, metrics: ServingMetrics, versions: dict[str, str], max_body_bytes: int
+    app: FastAPI,
+    metrics: ServingMetrics,
+    versions: dict[str, str],
+    max_body_bytes: int,
+    direct: dict[str, Any] | None = None,
 ) -> None:
-    """Add the middleware and the error handlers to KServe's app (before the server starts)."""
+    """Add the middleware and the error handlers to KServe's app (before the server starts).
+
+    Args:
+        app: KServe's FastAPI app.
+        metrics: Where the middleware counts.
+        versions: Model name -> bundle version, for metric labels.
+        max_body_bytes: Largest request body accepted.
+        direct: Models whose plain-JSON scoring requests skip FastAPI's route
+            (:mod:`serving.direct_routes`); ``None``: KServe's routes answer everything.
+    """
     app.add_middleware(
-        ScoringMiddleware, metrics=metrics, versions=versions, max_body_bytes=max_body_bytes
+        ScoringMiddleware,
+        metrics=metrics,
+        versions=versions,
+        max_body_bytes=max_body_bytes,
+        direct=direct,
+        handlers=app.exception_handlers,  # the dict itself: KServe adds its handlers later
     )
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

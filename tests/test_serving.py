@@ -253,30 +253,120 @@ def test_v2_metadata_lists_every_input_and_output(server):
 # -- bad input ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "content_type", "status", "expected"),
-    [
-        (V1, b'{"instances": [', "application/json", 400, "Unrecognized request format"),
-        (V1, b'{"instances": [NaN]}', "application/json", 400, "Unrecognized request format"),
-        (V1, b"\xff\xfe", "application/json", 400, "Unrecognized request format"),
-        (V1, {"instances": []}, "application/json", 400, '"instances" is empty'),
-        (V1, {"instances": [_valid()] * (MAX_BATCH + 1)}, "application/json", 413, "limit is 64"),
-        (V1, {"instances": [_valid()]}, "text/plain", 415, "unsupported content type"),
-        (V1, {"instances": [_valid()]}, "application/x-www-form-urlencoded", 415, "must be"),
-        (V1, {"instances": [{**_valid(), "amount": -3}]}, "application/json", 400, "amount"),
-        (V1, b'{"instances": [' + b" " * MAX_BODY + b"]}", "application/json", 413, "too large"),
-        (V2, b'{"inputs": [', "application/json", 400, "JSON"),
-        (V2, {"inputs": [{"name": "amount"}]}, "application/json", 400, "inputs.0.shape"),
-        (V2, {"inputs": []}, "application/json", 400, "no input tensors"),
-        (V2, {"inputs": tensors([_valid()])}, "text/csv", 415, "application/octet-stream"),
-        (V2, b'{"a": 1}', "application/octet-stream", 400, "inference-header-content-length"),
-        ("/v1/models/nope:predict", {"instances": [_valid()]}, "application/json", 404, "nope"),
-    ],
-)
+BAD_REQUESTS = [  # (path, body, content type, status, part of the error message)
+    (V1, b'{"instances": [', "application/json", 400, "Unrecognized request format"),
+    (V1, b'{"instances": [NaN]}', "application/json", 400, "Unrecognized request format"),
+    (V1, b"\xff\xfe", "application/json", 400, "Unrecognized request format"),
+    (V1, {"instances": []}, "application/json", 400, '"instances" is empty'),
+    (V1, {"instances": [_valid()] * (MAX_BATCH + 1)}, "application/json", 413, "limit is 64"),
+    (V1, {"instances": [_valid()]}, "text/plain", 415, "unsupported content type"),
+    (V1, {"instances": [_valid()]}, "application/x-www-form-urlencoded", 415, "must be"),
+    (V1, {"instances": [{**_valid(), "amount": -3}]}, "application/json", 400, "amount"),
+    (V1, b'{"instances": [' + b" " * MAX_BODY + b"]}", "application/json", 413, "too large"),
+    (V2, b'{"inputs": [', "application/json", 400, "JSON"),
+    (V2, {"inputs": [{"name": "amount"}]}, "application/json", 400, "inputs.0.shape"),
+    (V2, {"inputs": []}, "application/json", 400, "no input tensors"),
+    (V2, {"inputs": tensors([_valid()])}, "text/csv", 415, "application/octet-stream"),
+    (V2, b'{"a": 1}', "application/octet-stream", 400, "inference-header-content-length"),
+    ("/v1/models/nope:predict", {"instances": [_valid()]}, "application/json", 404, "nope"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "content_type", "status", "expected"), BAD_REQUESTS)
 def test_bad_requests_get_a_4xx_with_a_message(server, path, body, content_type, status, expected):
     response = _post(server, path, body, content_type)
     assert response.status_code == status, response.text
     assert expected in response.json()["error"]
+
+
+def _fresh_servers(trained, tmp_path_factory, *variants: list[str]) -> list[ServerProcess]:
+    """Servers of the same bundle with no history of requests, one per argument list."""
+    procs = []
+    try:
+        for i, extra in enumerate(variants):
+            procs.append(
+                ServerProcess(
+                    "serving",
+                    [
+                        *("--model_uri", f"{trained.store}#{MODEL}:champion", "--host"),
+                        *("127.0.0.1", "--log_store", "none", "--max_batch", str(MAX_BATCH)),
+                        *("--max_body_bytes", str(MAX_BODY), *extra),
+                    ],
+                    tmp_path_factory.mktemp("logs") / f"server-{i}.log",
+                    ready_path=f"/v1/models/{MODEL}",
+                )
+            )
+        for proc in procs:
+            proc.wait_ready(90)
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs
+
+
+def test_direct_routes_answer_exactly_as_kserves_routes(trained, tmp_path_factory):
+    """The same requests, in the same order, to a server answering plain-JSON scoring requests
+    in its middleware (the default) and to one leaving every request to KServe's FastAPI
+    routes: the same status, headers that matter and bodies, errors included."""
+    rows = [instance(r) for r in later_transactions(80).to_dict("records")]
+    event = {  # a structured CloudEvent: both servers leave it to KServe's route
+        **{"specversion": "1.0", "id": "ev-1", "source": "test", "type": "score"},
+        **{"time": "2026-05-16T00:00:00Z", "data": {"instances": [rows[70]]}},
+    }
+    requests: list[tuple[str, object, str]] = [
+        *((V1, {"instances": [r]}, "application/json") for r in rows[:10]),
+        *(
+            (V2, {"id": f"r{i}", "inputs": tensors([r])}, "application/json")
+            for i, r in enumerate(rows[10:20])
+        ),
+        (V1, {"instances": rows[20:45]}, "application/json; charset=utf-8"),
+        (V2, {"inputs": tensors(rows[45:65])}, ""),  # no content type: read as JSON
+        (V2, {"inputs": tensors(rows[65:67]), "outputs": [{"name": "score"}]}, "application/json"),
+        (
+            V2,
+            {"inputs": tensors(rows[67:69]), "parameters": {"binary_data_output": True}},
+            "application/json",
+        ),
+        (V2, {"inputs": tensors(rows[69:70]), "outputs": [{"name": "nope"}]}, "application/json"),
+        (V1, event, "application/json"),
+        *((path, body, content_type) for path, body, content_type, _, _ in BAD_REQUESTS),
+        (
+            f"/v2/models/{MODEL}/versions/v1/infer",
+            {"inputs": tensors(rows[71:72])},
+            "application/json",
+        ),
+    ]
+    direct, kserve_routes = _fresh_servers(
+        trained, tmp_path_factory, [], ["--direct_routes", "false"]
+    )
+    try:
+        answers = {}
+        for name, proc in (("direct", direct), ("kserve", kserve_routes)):
+            answers[name] = [
+                _post(proc, path, body, content_type, **{"x-request-id": f"q{i}"})
+                for i, (path, body, content_type) in enumerate(requests)
+            ]
+    finally:
+        direct.stop()
+        kserve_routes.stop()
+    statuses = [r.status_code for r in answers["direct"]]
+    assert statuses.count(200) == 25, statuses  # the valid requests were scored...
+    assert {400, 404, 413, 415, 501} <= set(statuses)  # ...and the errors are errors
+    for i, (a, b) in enumerate(zip(answers["direct"], answers["kserve"], strict=True)):
+        what = f"request {i}: {requests[i][0]} {str(requests[i][1])[:80]}"
+        assert a.status_code == b.status_code, (what, a.text, b.text)
+        assert a.headers.get("inference-header-content-length") == b.headers.get(
+            "inference-header-content-length"
+        ), what
+        if a.headers.get("inference-header-content-length"):  # binary tensor outputs
+            assert a.content == b.content, what
+        elif a.status_code == 200:
+            assert a.json() == b.json(), what
+        elif b"not valid JSON" in b.content:  # the two JSON parsers word the problem apart
+            assert b"not valid JSON" in a.content, (what, a.text)
+        else:
+            assert a.json() == b.json(), what
 
 
 def test_malformed_binary_v2_header_is_a_400_not_a_500(server):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -17,7 +18,14 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kserve.protocol.infer_type import InferInput, InferRequest
+from kserve.protocol.infer_type import (
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+)
+from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from serving_helpers import instance, later_transactions, shared_model, tensors
 
@@ -32,6 +40,7 @@ from components.inference_log import (
 )
 from components.scoring import format_reasons, reason_codes
 from components.store import LocalStore
+from serving.direct_routes import encode_response, takes
 from serving.errors import InvalidTransactions, PayloadTooLarge, ServingError
 from serving.features import OnlineFeatures
 from serving.log_sink import Event, EventPairer, records_from_pair
@@ -677,3 +686,104 @@ def test_without_latency_logging_kserve_timing_middleware_is_left_out():
     app = fastapi.FastAPI()
     RESTServer._add_middlewares(SimpleNamespace(access_log_format=None), app)
     assert TimingMiddleware not in [m.cls for m in app.user_middleware]
+
+
+def _kserve_rest(response: InferResponse) -> tuple[bytes, int | None]:
+    """What KServe's V2 route writes for ``response`` (``to_rest`` through its pydantic model)."""
+    rest, json_length = response.to_rest()
+    if isinstance(rest, bytes):
+        return rest, json_length
+    return InferenceResponse.model_validate(rest).model_dump_json().encode(), None
+
+
+def _outputs(kind: str) -> tuple[list[InferOutput], dict]:
+    n = 3
+    reasons = np.full((n, 2), "", dtype=object)
+    reasons[0] = ["amount=900 (+1.2)", "channel=web (+0.1)"]
+    reasons[2, 0] = "é ünïcode"
+    outputs = [
+        InferOutput("transaction_id", [n], "BYTES", np.array(["a", "b", "c"], object)),
+        InferOutput("score", [n], "FP64", np.array([0.1, 0.25, 1e-300])),
+        InferOutput("reasons", [n, 2], "BYTES", reasons),
+        InferOutput("count", [n, 1], "INT64", np.array([[1], [2], [-3]])),
+        InferOutput("flag", [n], "BOOL", np.array([True, False, True])),
+        InferOutput("fp32", [n], "FP32", np.array([0.5, 1.5, 2.5], np.float32)),
+    ]
+    extra: dict = {}
+    if kind == "bytes":  # to_rest decodes bytes elements
+        outputs[0] = InferOutput(
+            "transaction_id", [n], "BYTES", np.array([b"a", b"b", b"c"], object)
+        )
+    elif kind == "shape":  # to_rest refuses a shape that is not the array's
+        outputs[1] = InferOutput("score", [n + 1], "FP64", np.array([0.1, 0.25, 1e-300]))
+    elif kind == "datatype":  # ...and a datatype that is not the array's
+        outputs[1] = InferOutput("score", [n], "FP32", np.array([0.1, 0.25, 1e-300]))
+    elif kind == "list":  # data given as a list, not an array
+        outputs[1] = InferOutput("score", [n], "FP64", [0.1, 0.25, 1e-300])
+    elif kind == "output parameters":
+        outputs[1] = InferOutput("score", [n], "FP64", np.array([0.1, 0.2, 0.3]), {"unit": "p"})
+    elif kind == "parameters":
+        extra["parameters"] = {"note": "x"}
+    elif kind == "binary":
+        extra["use_binary_outputs"] = True
+    elif kind == "requested":
+        extra["requested_outputs"] = [RequestedOutput("score", {})]
+    return outputs, extra
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "plain",
+        "bytes",
+        "shape",
+        "datatype",
+        "list",
+        "output parameters",
+        "parameters",
+        "binary",
+        "requested",
+    ],
+)
+def test_direct_v2_responses_are_what_kserves_route_writes(kind):
+    """The direct route's V2 body is KServe's, whether it writes it itself or leaves it to
+    KServe's ``to_rest``; KServe's refusals stay KServe's."""
+    outputs, extra = _outputs(kind)
+    ours = InferResponse("req-1", "fraud-detector", outputs, model_version="v3", **extra)
+    outputs, extra = _outputs(kind)
+    theirs = InferResponse("req-1", "fraud-detector", outputs, model_version="v3", **extra)
+    try:
+        expected, json_length = _kserve_rest(theirs)
+    except Exception as e:  # KServe refuses it: so must the direct route, the same way
+        with pytest.raises(type(e), match=re.escape(str(e))):
+            encode_response(ours)
+        assert kind in ("shape", "datatype")
+        return
+    body, headers = encode_response(ours)
+    headers = dict(headers)
+    if json_length is not None:
+        assert body == expected
+        assert headers[b"inference-header-content-length"] == str(json_length).encode()
+        assert headers[b"content-type"] == b"application/octet-stream"
+    else:
+        assert json.loads(body) == json.loads(expected)
+        assert headers == {b"content-type": b"application/json"}
+    if kind == "plain":  # written by fraudops, not by KServe's to_rest (which sets data lists)
+        assert isinstance(ours.outputs[0].data, np.ndarray)
+        assert json.loads(body)["outputs"][2]["data"][4] == "é ünïcode"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "taken"),
+    [
+        ("/v2/models/m/infer", [(b"content-type", b"application/json")], True),
+        ("/v1/models/m:predict", [(b"host", b"x")], True),
+        ("/v2/models/m/versions/v1/infer", [], False),
+        ("/v2/models/m/infer", [(b"content-type", b"application/octet-stream")], False),
+        ("/v2/models/m/infer", [(b"inference-header-content-length", b"10")], False),
+        ("/v1/models/m:predict", [(b"ce-id", b"1"), (b"ce-type", b"t")], False),
+        ("/v1/models/m:predict", [(b"content-type", b"application/cloudevents+json")], False),
+    ],
+)
+def test_direct_routes_take_only_plain_json_scoring_requests(path, headers, taken):
+    assert takes({"path": path, "headers": headers}) is taken

@@ -1,0 +1,220 @@
+"""The scoring routes without FastAPI's per-request cost: the same model call, the same answers.
+
+KServe serves ``POST /v1/models/<name>:predict`` and ``POST /v2/models/<name>/infer`` through
+FastAPI routes. On the V2 route that costs more than scoring does: FastAPI parses the body with
+the standard library's ``json``, validates the Python objects with pydantic and encodes the
+response through ``jsonable_encoder``. On this machine an empty KServe model spends 2.6-3.0
+times the server time on a V2 request that it spends on a V1 one (``benchmarks/RESULTS.md``).
+
+:class:`serving.http.ScoringMiddleware` hands plain-JSON scoring requests for a model it serves
+to :func:`serve`. It does what KServe's route handlers do, in the same order, with KServe's own
+types and exception handlers, minus FastAPI's routing, dependency solving and re-encoding:
+
+- readiness: a model that is not ready answers 503 (``ModelNotReady``), as KServe's routes do;
+- V1: ``orjson`` parses the body, as KServe's ``DataPlane.decode`` does; the model's dict is
+  encoded with ``orjson``, as KServe's ``ORJSONResponse`` would;
+- V2: pydantic's JSON parser validates the body against KServe's ``InferenceRequest`` (the
+  model FastAPI validates against), and ``InferRequest.from_inference_request`` builds the
+  request as ``DataPlane.decode`` does; the response is the JSON the route writes (KServe's
+  ``InferResponse.to_rest`` validated as ``InferenceResponse``), written straight from the
+  numpy outputs for the responses fraudops' model builds (:func:`_rest_json`);
+- ``Model.__call__`` runs preprocess, predict and postprocess as under KServe's ``DataPlane``;
+- an exception goes to the app's exception handler for its class (KServe's and fraudops'),
+  so errors keep their status and ``{"error": ...}`` body. Other exceptions propagate to the
+  middleware, as they would from the route.
+
+Everything else stays on KServe's routes: CloudEvents (structured or binary), the V2 binary
+tensor extension, versioned V2 paths and models fraudops does not serve. The server option
+``--direct_routes false`` sends every request there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi.exceptions import RequestValidationError
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
+from kserve.utils.numpy_codec import from_np_dtype
+from kserve.utils.utils import is_structured_cloudevent
+from pydantic import ValidationError
+from starlette.requests import Request
+
+__all__ = ["encode_response", "serve", "takes"]
+
+_JSON = [(b"content-type", b"application/json")]
+_datatype = lru_cache(maxsize=64)(from_np_dtype)  # a chain of dtype comparisons: 6 us for FP64
+
+
+def takes(scope: dict) -> bool:
+    """Whether a scoring request is plain JSON (no CloudEvent, no binary tensors, no version).
+
+    Args:
+        scope: The ASGI scope, after :class:`serving.http.ScoringMiddleware` normalised the
+            content type (a missing or parametrised ``application/json`` reads
+            ``application/json``).
+    """
+    if "/versions/" in scope["path"]:
+        return False
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            if value != b"application/json":
+                return False
+        elif key == b"inference-header-content-length" or key.startswith(b"ce-"):
+            return False
+    return True
+
+
+async def serve(
+    model: Any,
+    protocol: str,
+    scope: dict,
+    body: bytes,
+    send: Callable,
+    handlers: dict[Any, Callable],
+) -> bool:
+    """Answer one scoring request as KServe's route would; ``False``: leave it to KServe.
+
+    Args:
+        model: The served ``kserve.Model``.
+        protocol: ``v1`` or ``v2``.
+        scope: The ASGI scope of a request :func:`takes` accepted.
+        body: The whole request body.
+        send: The ASGI send callable.
+        handlers: The app's exception handlers (``FastAPI.exception_handlers``).
+
+    Returns:
+        Whether the request was answered (``False`` only for a structured CloudEvent, which
+        KServe's route unwraps).
+    """
+    try:
+        if not model.ready:
+            raise ModelNotReady(model.name)
+        if protocol == "v1":
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                raise InvalidInput(f"Unrecognized request format: {e}") from None
+            if isinstance(payload, dict) and is_structured_cloudevent(payload):
+                return False
+        else:
+            try:
+                parsed = InferenceRequest.model_validate_json(body)
+            except ValidationError as e:
+                raise RequestValidationError(e.errors()) from None
+            payload = InferRequest.from_inference_request(parsed, model.name)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        response, response_headers = await model(payload, headers=headers)
+        content, extra = encode_response(response)
+    except Exception as e:
+        handler = _handler(handlers, e)
+        if handler is None:
+            raise
+        answer = await handler(Request(scope), e)
+        await answer(scope, _no_body, send)
+        return True
+    for key, value in response_headers.items():
+        if key.lower() not in ("content-length", "content-type"):
+            extra.append((key.lower().encode("latin-1"), str(value).encode("latin-1")))
+    extra.append((b"content-length", str(len(content)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": extra})
+    await send({"type": "http.response.body", "body": content})
+    return True
+
+
+def encode_response(response: object) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body and headers KServe's route writes for what a model's ``__call__`` returned.
+
+    Args:
+        response: A V1 dict, bytes or a string, or a V2 ``InferResponse``.
+
+    Returns:
+        The body, and the ``content-type`` (and for binary tensor outputs
+        ``inference-header-content-length``) headers as ASGI header pairs.
+    """
+    if isinstance(response, dict):
+        return orjson.dumps(response), list(_JSON)
+    if isinstance(response, bytes | str):  # as KServe's routes: the model's bytes as they are
+        return response if isinstance(response, bytes) else response.encode(), []
+    content = _rest_json(response)
+    if content is not None:
+        return content, list(_JSON)
+    rest, json_length = response.to_rest()  # an InferResponse
+    if isinstance(rest, bytes):  # binary tensor outputs were asked for
+        return rest, [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(json_length).encode()),
+        ]
+    return InferenceResponse.model_validate(rest).model_dump_json().encode(), list(_JSON)
+
+
+def _rest_json(response: InferResponse) -> bytes | None:
+    """The body KServe's V2 route writes for ``response``; ``None``: only KServe's code can tell.
+
+    KServe's route calls ``InferResponse.to_rest()``, which copies every ``BYTES`` tensor
+    element by element (``np.nditer``), validates the dict as ``InferenceResponse`` and dumps
+    it: about 50 us for one transaction. This writes the same JSON from the numpy arrays, for
+    the responses fraudops' model builds: every output a numpy array of its declared datatype
+    and shape (``BYTES``: Python strings), no parameters, no requested or binary outputs. For
+    anything else (where ``to_rest`` filters, converts or refuses) it returns ``None``.
+    """
+    if response.parameters or response._requested_outputs or response._use_binary_outputs:
+        return None
+    if not isinstance(response.id, str) or not isinstance(response.model_name, str):
+        return None
+    if response.model_version is not None and not isinstance(response.model_version, str):
+        return None
+    outputs = []
+    for output in response.outputs:
+        data = output.data
+        if (
+            not isinstance(data, np.ndarray)
+            or output.parameters
+            or output._raw_data is not None
+            or list(data.shape) != list(output.shape)
+        ):
+            return None
+        values = data.ravel().tolist()  # C order, as to_rest's nditer and flatten
+        if output.datatype == "BYTES":
+            if data.dtype != object or not all(type(v) is str for v in values):
+                return None
+        elif output.datatype == "FP16" or _datatype(data.dtype) != output.datatype:
+            return None
+        outputs.append(
+            {
+                "name": output.name,
+                "shape": output.shape,
+                "datatype": output.datatype,
+                "parameters": None,
+                "data": values,
+            }
+        )
+    return orjson.dumps(
+        {
+            "model_name": response.model_name,
+            "model_version": response.model_version,
+            "id": response.id,
+            "parameters": None,
+            "outputs": outputs,
+        }
+    )
+
+
+def _handler(handlers: dict[Any, Callable], error: Exception) -> Callable | None:
+    # the class's own handler, or its nearest base's; not the catch-all Exception handler:
+    # an unexpected error goes up to the middleware, as it would from KServe's route
+    for cls in type(error).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
+
+
+async def _no_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
