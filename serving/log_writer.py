@@ -62,7 +62,7 @@ def _chunks(
     return chunks
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: one object for the garbage collector to look at
 class LogEntry:
     """Records of one request, built off the request path (in another process if need be).
 

@@ -19,7 +19,7 @@ from components.model import CONTRIBUTION_METHODS, DEFAULT_CONTRIBUTIONS, FraudM
 from components.scoring import compile_kernels, format_reasons
 from serving.features import OnlineFeatures, entity_codes
 from serving.state import OnlineState
-from serving.transactions import TransactionBatch, pickle_column
+from serving.transactions import TransactionBatch
 
 __all__ = ["REASONS_FOR", "Scored", "Scorer"]
 
@@ -46,24 +46,6 @@ class Scored:
     @property
     def decisions(self) -> list[str]:
         return ["alert" if a else "pass" for a in self.alert.tolist()]
-
-    def __reduce__(self) -> tuple:
-        """Pickle small arrays as lists (see ``TransactionBatch.__reduce__``)."""
-        return (
-            _unpickle_scored,
-            (pickle_column(self.score), pickle_column(self.alert), self.reasons, self.features),
-        )
-
-
-def _unpickle_scored(
-    score: np.ndarray | list,
-    alert: np.ndarray | list,
-    reasons: list[list[str]],
-    features: np.ndarray,
-) -> Scored:
-    return Scored(
-        np.asarray(score, dtype=np.float64), np.asarray(alert, dtype=bool), reasons, features
-    )
 
 
 class Scorer:

@@ -144,24 +144,6 @@ class TransactionBatch:
     def __len__(self) -> int:
         return len(self.transaction_id)
 
-    def __reduce__(self) -> tuple:
-        """Pickle small numeric columns as lists (the inference log ships every request's
-        batch to its writer process; a list of a few floats pickles several times faster than
-        an array)."""
-        return (
-            _unpickle_batch,
-            (
-                self.transaction_id,
-                self.customer_id,
-                self.terminal_id,
-                pickle_column(self.time_ms),
-                self.timestamp,
-                {name: pickle_column(values) for name, values in self.numeric.items()},
-                self.categorical,
-                self.present,
-            ),
-        )
-
     @property
     def amount(self) -> np.ndarray:
         return self.numeric["amount"]
@@ -188,37 +170,6 @@ class TransactionBatch:
             if any(v is not None for v in column):
                 out[name] = column
         return out
-
-
-SMALL_COLUMN = 64
-"""Up to this many values, a column pickles faster as a list than as an array."""
-
-
-def pickle_column(values: np.ndarray) -> np.ndarray | list:
-    """A 1-D column for pickling: a list when small, else the array itself."""
-    return values.tolist() if len(values) <= SMALL_COLUMN else values
-
-
-def _unpickle_batch(
-    transaction_id: list[str],
-    customer_id: list[str],
-    terminal_id: list[str],
-    time_ms: np.ndarray | list,
-    timestamp: list[str],
-    numeric: dict[str, np.ndarray | list],
-    categorical: dict[str, list[str | None]],
-    present: tuple[str, ...],
-) -> TransactionBatch:
-    return TransactionBatch(
-        transaction_id,
-        customer_id,
-        terminal_id,
-        np.asarray(time_ms, dtype=np.int64),
-        timestamp,
-        {name: np.asarray(values, dtype=np.float64) for name, values in numeric.items()},
-        categorical,
-        present,
-    )
 
 
 Where = Callable[[int, str], str]

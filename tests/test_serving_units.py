@@ -6,6 +6,7 @@ real inputs (a tiny trained bundle, a local store, generated transactions).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
@@ -46,7 +47,13 @@ from serving.features import OnlineFeatures
 from serving.log_sink import Event, EventPairer, records_from_pair
 from serving.log_writer import InferenceLogWriter, LogEntry, prebuilt, write_entries
 from serving.metrics import ArrayHistogram, ServingMetrics
-from serving.model import FraudDetector, ServingConfig
+from serving.model import (
+    FraudDetector,
+    ServingConfig,
+    columns_for,
+    pack_request,
+    packed_columns,
+)
 from serving.scorer import Scorer
 from serving.source import parse_model_uri
 from serving.state import InMemoryOnlineState
@@ -430,6 +437,43 @@ def test_request_entries_written_as_columns_equal_the_records(bundle, tmp_path, 
     assert ("feature.log_amount" in got) == log_features
     pd.testing.assert_frame_equal(got, want, check_like=True)
     assert read_records(as_columns, "fraud") == read_records(as_records, "fraud")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("log_features", [False, True])
+def test_packed_log_entries_unpack_to_the_columns_of_the_request(bundle, log_features):
+    """A waiting log entry is JSON bytes; unpacked, it gives exactly the request's columns."""
+    detector, _ = _logging_detector(bundle, log_features)
+    rows = [instance(r) for r in later_transactions(40).to_dict("records")]
+    for row in rows[::3]:
+        row.pop("merchant_category", None)  # missing in some: None in the block
+    for i, row in enumerate(rows[20:]):
+        row["account_balance"] = 1e-300 * (i + 0.1)  # odd floats, and infinite features
+    names = detector.scorer.features.names if log_features else None
+    when = datetime.now(UTC)
+    blocks = []
+    for chunk in (rows[:1], rows[1:]):
+        batch = from_instances({"instances": chunk}, detector.schema)
+        scored = detector.scorer.score(batch)
+        args = (batch, scored, "fraud", "v7", "v2", "req-1", 0.25, "server", when, names)
+        packed = pack_request(*args)
+        assert all(isinstance(part, bytes) for part in packed if part is not None)
+        blocks.append(packed_columns(*packed))
+        assert blocks[-1] == columns_for(*args)
+    assert None in blocks[1]["tx.merchant_category"]
+    if log_features:  # NaN features (no history) are logged as None, infinite ones as such
+        features = [v for k, vs in blocks[1].items() if k.startswith("feature.") for v in vs]
+        assert None in features and math.inf in features
+
+
+def test_a_waiting_log_entry_is_one_object_for_the_garbage_collector(bundle):
+    detector, entries = _logging_detector(bundle, log_features=False)
+    rows = [instance(r) for r in later_transactions(3).to_dict("records")]
+    detector.predict({"instances": rows})
+    gc.collect()
+    (entry,) = entries
+    assert not hasattr(entry, "__dict__") and not gc.is_tracked(entry.args)
+    assert entry.block()["id"] == [f"{entry.block()['id'][0][:-2]}-{i}" for i in range(3)]
 
 
 def test_a_block_that_cannot_be_written_falls_back_to_records(bundle, tmp_path):
