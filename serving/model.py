@@ -384,7 +384,7 @@ class FraudDetector(Model):
         names = None
         if self.config.log_features:
             names = self.scorer.features.names  # type: ignore[union-attr]
-        packed = pack_request(  # bytes, not objects, wait for the writer (see pack_request)
+        args = (
             batch,
             scored,
             self.name,
@@ -397,7 +397,14 @@ class FraudDetector(Model):
             names,
         )
         assert self.writer is not None
-        self.writer.submit(LogEntry(len(batch), args=packed, columns=packed_columns))
+        try:  # bytes, not objects, wait for the writer (see pack_request)
+            entry = LogEntry(len(batch), args=pack_request(*args), columns=packed_columns)
+        except TypeError:  # text JSON cannot hold (a lone surrogate from a lenient parser)
+            if names is None:  # the entry is pickled for the writer: leave the matrix out
+                scored = Scored(scored.score, scored.alert, scored.reasons, _NO_FEATURES)
+                args = (batch, scored, *args[2:])
+            entry = LogEntry(len(batch), args=args, columns=columns_for)
+        self.writer.submit(entry)
 
 
 def pack_request(

@@ -466,6 +466,19 @@ def test_packed_log_entries_unpack_to_the_columns_of_the_request(bundle, log_fea
         assert None in features and math.inf in features
 
 
+def test_a_request_orjson_cannot_pack_is_still_logged(bundle):
+    """FastAPI's parser (KServe's V2 route) accepts a lone surrogate; orjson cannot write it."""
+    detector, entries = _logging_detector(bundle, log_features=False)
+    row = instance(later_transactions(1).to_dict("records")[0])
+    row["transaction_id"] = "tx-\ud800"
+    inputs = [InferInput(t["name"], t["shape"], t["datatype"], t["data"]) for t in tensors([row])]
+    response = detector.predict(InferRequest("fraud", inputs))
+    assert response.outputs[0].data.tolist() == ["tx-\ud800"]
+    (entry,) = entries
+    assert entry.columns is columns_for
+    assert entry.records()[0]["transaction"]["transaction_id"] == "tx-\ud800"
+
+
 def test_a_waiting_log_entry_is_one_object_for_the_garbage_collector(bundle):
     detector, entries = _logging_detector(bundle, log_features=False)
     rows = [instance(r) for r in later_transactions(3).to_dict("records")]
