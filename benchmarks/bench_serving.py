@@ -524,6 +524,16 @@ def _figures(results: dict, Figure) -> list:
             f"the empty model (KServe's routes) {v2_cost(echo):.2f}x",
         ),
         Figure(
+            "slowest single-transaction request (max latency, every scenario)",
+            max(fraud[k]["max_ms"] for k in ("v1 c1", "v1 c4", "v2 c1", "v2 c4")),
+            "ms",
+            "",
+            None,
+            "medians of three runs' maxima: "
+            + ", ".join(f"{k} {fraud[k]['max_ms']:.1f}" for k in fraud)
+            + f" ms; the empty model at most {max(r['max_ms'] for r in echo.values()):.1f} ms",
+        ),
+        Figure(
             "empty KServe model: V1 single, concurrency 4",
             echo["v1 c4"]["rps"],
             "req/s",
