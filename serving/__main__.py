@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=strtobool,
         default=True,
         help="Answer plain-JSON V1/V2 scoring requests in fraudops' middleware with KServe's "
-        "own request and response types, skipping FastAPI's routing and re-encoding (V2 "
-        "requests cost about a third as much; see docs/serving.md). false: KServe's routes "
-        "answer every request.",
+        "own request and response types, skipping FastAPI's routing and re-encoding (a V2 "
+        "request takes about a third less server time; see docs/serving.md). false: KServe's "
+        "routes answer every request.",
     )
     group.add_argument(
         "--bundle_dir", default=None, help="Where a bundle from a store is downloaded."

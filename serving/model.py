@@ -475,12 +475,7 @@ def packed_columns(document: bytes, features: bytes | None = None) -> dict[str, 
         score,
         alert,
         reasons,
-        name,
-        version,
-        protocol,
-        request_id,
-        latency_ms,
-        source,
+        *context,  # name, version, protocol, request id, latency, source: as they were
         when,
         feature_names,
     ) = orjson.loads(document)
@@ -500,18 +495,7 @@ def packed_columns(document: bytes, features: bytes | None = None) -> dict[str, 
     scored = Scored(
         np.asarray(score, dtype=np.float64), np.asarray(alert, dtype=bool), reasons, matrix
     )
-    return columns_for(
-        batch,
-        scored,
-        name,
-        version,
-        protocol,
-        request_id,
-        latency_ms,
-        source,
-        datetime.fromisoformat(when),
-        feature_names,
-    )
+    return columns_for(batch, scored, *context, datetime.fromisoformat(when), feature_names)
 
 
 def _array_list(value: object) -> list:
