@@ -13,11 +13,13 @@ types and exception handlers, minus FastAPI's routing, dependency solving and re
 - readiness: a model that is not ready answers 503 (``ModelNotReady``), as KServe's routes do;
 - V1: ``orjson`` parses the body, as KServe's ``DataPlane.decode`` does; the model's dict is
   encoded with ``orjson``, as KServe's ``ORJSONResponse`` would;
-- V2: pydantic's JSON parser validates the body against KServe's ``InferenceRequest`` (the
-  model FastAPI validates against), and ``InferRequest.from_inference_request`` builds the
-  request as ``DataPlane.decode`` does; the response is the JSON the route writes (KServe's
-  ``InferResponse.to_rest`` validated as ``InferenceResponse``), written straight from the
-  numpy outputs for the responses fraudops' model builds (:func:`_rest_json`);
+- V2: a body of the plain shape is read with ``orjson`` straight into KServe's
+  ``InferRequest`` (:func:`parse_v2`); any other goes through pydantic's validation against
+  KServe's ``InferenceRequest`` (the model FastAPI validates against) and
+  ``InferRequest.from_inference_request``, as ``DataPlane.decode`` does; the response is the
+  JSON the route writes (KServe's ``InferResponse.to_rest`` validated as
+  ``InferenceResponse``), written straight from the numpy outputs for the responses fraudops'
+  model builds (:func:`_rest_json`);
 - ``Model.__call__`` runs preprocess, predict and postprocess as under KServe's ``DataPlane``;
 - an exception goes to the app's exception handler for its class (KServe's and fraudops'),
   so errors keep their status and ``{"error": ...}`` body. Other exceptions propagate to the
@@ -38,14 +40,14 @@ import numpy as np
 import orjson
 from fastapi.exceptions import RequestValidationError
 from kserve.errors import InvalidInput, ModelNotReady
-from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
 from kserve.utils.numpy_codec import from_np_dtype
 from kserve.utils.utils import is_structured_cloudevent
 from pydantic import ValidationError
 from starlette.requests import Request
 
-__all__ = ["encode_response", "serve", "takes"]
+__all__ = ["encode_response", "parse_v2", "serve", "takes"]
 
 _JSON = [(b"content-type", b"application/json")]
 _datatype = lru_cache(maxsize=64)(from_np_dtype)  # a chain of dtype comparisons: 6 us for FP64
@@ -103,11 +105,7 @@ async def serve(
             if isinstance(payload, dict) and is_structured_cloudevent(payload):
                 return False
         else:
-            try:
-                parsed = InferenceRequest.model_validate_json(body)
-            except ValidationError as e:
-                raise RequestValidationError(e.errors()) from None
-            payload = InferRequest.from_inference_request(parsed, model.name)
+            payload = parse_v2(body, model.name)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         response, response_headers = await model(payload, headers=headers)
         content, extra = encode_response(response)
@@ -125,6 +123,68 @@ async def serve(
     await send({"type": "http.response.start", "status": 200, "headers": extra})
     await send({"type": "http.response.body", "body": content})
     return True
+
+
+def parse_v2(body: bytes, model_name: str) -> InferRequest:
+    """The ``InferRequest`` KServe's V2 route builds from a JSON body, or its error.
+
+    A body of the plain shape (see :func:`_plain_request`) is read with ``orjson`` and turned
+    into KServe's ``InferRequest`` directly: half the time of pydantic's validation into
+    ``InferenceRequest`` and ``InferRequest.from_inference_request``, with the same result.
+    Anything else (parameters, requested outputs, values pydantic would coerce or refuse,
+    JSON ``orjson`` refuses) goes through exactly those two steps.
+
+    Raises:
+        RequestValidationError: pydantic refused the body, as FastAPI raises it on the route
+            (fraudops' handler answers it with a 400).
+        InvalidInput: an ``FP16`` tensor with JSON data, as ``from_inference_request`` does.
+    """
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        document = None
+    request = _plain_request(document, model_name) if type(document) is dict else None
+    if request is not None:
+        return request
+    try:
+        parsed = InferenceRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    return InferRequest.from_inference_request(parsed, model_name)
+
+
+def _plain_request(document: dict, model_name: str) -> InferRequest | None:
+    """``document`` as ``InferRequest``, if pydantic would take its values as they are.
+
+    The plain shape: an optional string ``id``; no ``parameters`` or ``outputs`` (absent or
+    ``null``); ``inputs`` a list of objects, each with a string ``name`` and ``datatype``, a
+    ``shape`` of JSON integers, a ``data`` array and no ``parameters``. Other keys are ignored,
+    as pydantic ignores them. ``None``: not plain, let pydantic decide.
+    """
+    if document.get("parameters") is not None or document.get("outputs") is not None:
+        return None
+    request_id = document.get("id")
+    inputs = document.get("inputs")
+    if (request_id is not None and type(request_id) is not str) or type(inputs) is not list:
+        return None
+    tensors = []
+    for item in inputs:
+        if type(item) is not dict or item.get("parameters") is not None:
+            return None
+        name, datatype, shape, data = (
+            item.get("name"),
+            item.get("datatype"),
+            item.get("shape"),
+            item.get("data"),
+        )
+        if type(name) is not str or type(datatype) is not str or type(data) is not list:
+            return None
+        if type(shape) is not list or not all(type(d) is int for d in shape):
+            return None
+        if datatype == "FP16" and data:  # from_inference_request refuses it: let it say so
+            return None
+        tensors.append(InferInput(name, shape, datatype, data, {}))
+    return InferRequest(model_name, tensors, request_id=request_id, parameters=None)
 
 
 def encode_response(response: object) -> tuple[bytes, list[tuple[bytes, bytes]]]:

@@ -344,9 +344,8 @@ class FraudDetector(Model):
         ]
         k = self.config.n_reasons
         if k > 0:
-            grid = np.full((n, k), "", dtype=object)
-            for i, codes in enumerate(scored.reasons):
-                grid[i, : len(codes)] = codes
+            pad = [""] * k
+            grid = np.array([codes + pad[len(codes) :] for codes in scored.reasons], object)
             outputs.append(InferOutput("reasons", [n, k], "BYTES", grid))
         return InferResponse(
             response_id=request.id or request_id,

@@ -513,13 +513,30 @@ def _flat(data: object, name: str, problems: _Problems) -> list[object] | None:
     if not isinstance(data, list):
         problems.add(f"input {name!r}: data must be an array, got {_type_name(data)}")
         return None
-    if data and all(isinstance(row, list) for row in data):
+    if data and isinstance(data[0], list) and all(isinstance(row, list) for row in data):
         flat = [v for row in data for v in row]
         if any(isinstance(v, list) for v in flat):
             problems.add(f"input {name!r}: data nested deeper than [n, 1]")
             return None
         return flat
     return data
+
+
+def _is_count(d: object) -> bool:
+    return type(d) is int or (isinstance(d, int) and not isinstance(d, bool))
+
+
+def _is_column_shape(shape: list) -> bool:
+    """``[n]`` or ``[n, 1]`` with whole numbers (no bools), ``n >= 0``."""
+    if len(shape) == 1:
+        return _is_count(shape[0]) and shape[0] >= 0
+    return (
+        len(shape) == 2
+        and _is_count(shape[0])
+        and _is_count(shape[1])
+        and shape[1] == 1
+        and shape[0] >= 0
+    )
 
 
 def _tensor_data(tensor: Any, name: str, problems: _Problems) -> list[object] | None:
@@ -573,11 +590,7 @@ def from_tensors(
             problems.add(f"input {name!r}: datatype must be FP64 (or FP32), got {got}")
             continue
         shape = list(tensor.shape or [])
-        if not (
-            all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-            and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
-            and shape[0] >= 0
-        ):
+        if not _is_column_shape(shape):
             problems.add(f"input {name!r}: shape must be [n] or [n, 1], got {shape}")
             continue
         data = _tensor_data(tensor, name, problems)

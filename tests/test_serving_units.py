@@ -41,7 +41,7 @@ from components.inference_log import (
 )
 from components.scoring import format_reasons, reason_codes
 from components.store import LocalStore
-from serving.direct_routes import encode_response, takes
+from serving.direct_routes import _plain_request, encode_response, parse_v2, takes
 from serving.errors import InvalidTransactions, PayloadTooLarge, ServingError
 from serving.features import OnlineFeatures
 from serving.log_sink import Event, EventPairer, records_from_pair
@@ -844,3 +844,117 @@ def test_direct_v2_responses_are_what_kserves_route_writes(kind):
 )
 def test_direct_routes_take_only_plain_json_scoring_requests(path, headers, taken):
     assert takes({"path": path, "headers": headers}) is taken
+
+
+_JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+)
+_ABSENT = object()
+_TOP_CHANGES = {
+    "id": st.one_of(st.just(_ABSENT), st.none(), st.text(max_size=3), st.integers(0, 9)),
+    "parameters": st.sampled_from([_ABSENT, None, {}, {"priority": 1}, []]),
+    "outputs": st.sampled_from([_ABSENT, None, [], [{"name": "score"}], ""]),
+    "inputs": st.one_of(st.just(_ABSENT), _JSON_VALUES, st.lists(_JSON_VALUES, max_size=2)),
+    "colour": _JSON_VALUES,
+}
+_INPUT_CHANGES = {
+    "name": st.one_of(st.just(_ABSENT), st.just("colour"), _JSON_VALUES),
+    "datatype": st.one_of(
+        st.just(_ABSENT), st.sampled_from(["FP16", "fp64", "INT8"]), _JSON_VALUES
+    ),
+    "shape": st.one_of(
+        st.just(_ABSENT),
+        _JSON_VALUES,
+        st.sampled_from([[True, 1], [2.0], [2.5], ["2"], [-1], [2, 1], [2, 1, 1], [], [2, False]]),
+        st.lists(
+            st.one_of(st.integers(-2, 3), st.booleans(), st.floats(0, 3), st.just("1")), max_size=3
+        ),
+    ),
+    "data": st.one_of(
+        st.just(_ABSENT), _JSON_VALUES, st.lists(_JSON_VALUES, max_size=3), st.just([[1.5]])
+    ),
+    "parameters": st.sampled_from([_ABSENT, None, {}, {"binary_data_size": 3}, "x"]),
+    "colour": _JSON_VALUES,
+}
+
+
+@st.composite
+def _v2_documents(draw) -> object:
+    """A plain V2 request (two transactions) with up to three of its values changed."""
+    row = instance(GOOD)
+    document: dict = {"id": "r-1", "inputs": tensors([row, {**row, "transaction_id": "t-2"}])}
+    for _ in range(draw(st.integers(0, 3))):
+        if draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(_TOP_CHANGES)))
+            document[key] = draw(_TOP_CHANGES[key])
+        elif isinstance(document.get("inputs"), list) and document["inputs"]:
+            tensor = draw(st.sampled_from(document["inputs"]))
+            if isinstance(tensor, dict):
+                key = draw(st.sampled_from(sorted(_INPUT_CHANGES)))
+                tensor[key] = draw(_INPUT_CHANGES[key])
+    if draw(st.integers(0, 20)) == 0:
+        return draw(st.one_of(_JSON_VALUES, st.lists(_JSON_VALUES, max_size=2)))
+    return _without_absent(document)
+
+
+def _without_absent(value):
+    if isinstance(value, dict):
+        return {k: _without_absent(v) for k, v in value.items() if v is not _ABSENT}
+    if isinstance(value, list):
+        return [_without_absent(v) for v in value]
+    return value
+
+
+def _kserve_v2_request(body: bytes) -> object:
+    """What KServe's V2 route builds: pydantic's InferenceRequest, then InferRequest."""
+    from fastapi.exceptions import RequestValidationError
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+    from pydantic import ValidationError
+
+    try:
+        parsed = InferenceRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    return InferRequest.from_inference_request(parsed, "fraud-detector")
+
+
+def _described(build, body: bytes) -> str:
+    try:
+        r = build(body)
+    except Exception as e:  # the refusal itself is compared
+        detail = e.errors() if hasattr(e, "errors") else str(e)
+        return f"{type(e).__name__}: {detail!r}"
+    outputs = [(o.name, o.parameters) for o in r.request_outputs or []]
+    inputs = [(i.name, i.shape, i.datatype, i.data, i.parameters) for i in r.inputs]
+    return repr((r.id, r.model_name, r.parameters, outputs, inputs, r.from_grpc))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=_v2_documents())
+def test_direct_v2_parser_builds_what_kserves_route_builds(document):
+    """``parse_v2`` (orjson straight into InferRequest when the body is plain) gives the same
+    request, or the same refusal, as pydantic and ``from_inference_request`` do on KServe's
+    route: any value pydantic would coerce or refuse goes to pydantic. NaN and Infinity
+    literals, which pydantic reads and orjson refuses, are in the bodies too."""
+    body = json.dumps(document).encode()
+    assert _described(lambda b: parse_v2(b, "fraud-detector"), body) == _described(
+        _kserve_v2_request, body
+    )
+
+
+def test_direct_v2_parser_reads_a_plain_request_without_pydantic():
+    """The benchmark's and tritonclient's JSON shape takes the orjson path (the property test
+    above would pass with the pydantic path alone)."""
+    row = instance(GOOD)
+    body = json.dumps({"id": "r-1", "inputs": tensors([row, {**row, "transaction_id": "t-2"}])})
+    request = _plain_request(json.loads(body), "fraud-detector")
+    assert request is not None
+    assert request.id == "r-1" and request.parameters is None and not request.request_outputs
+    assert [i.name for i in request.inputs] == [t["name"] for t in tensors([row])]
+    assert request.inputs[0].data == ["t-1", "t-2"] and request.inputs[0].parameters == {}
+    for unusual in ('"parameters": {"priority": 1}', '"outputs": [{"name": "score"}]'):
+        assert _plain_request(json.loads(body[:-1] + ", " + unusual + "}"), "m") is None
