@@ -25,6 +25,7 @@ __all__ = ["OnlineFeatures", "entity_codes"]
 
 MS_PER_HOUR = 3_600_000
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday is 0 as in pandas' dayofweek
+_SMALL = 8
 
 
 def entity_codes(ids: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -114,9 +115,13 @@ class OnlineFeatures:
             values = batch.categorical.get(field)
             if values is None:
                 continue
-            for row, value in enumerate(values):
-                if value is None:
-                    continue
-                col = columns.get(value, other)
-                if col >= 0:
-                    matrix[row, col] = 1.0
+            get = columns.get
+            cols = [-1 if v is None else get(v, other) for v in values]
+            if len(cols) <= _SMALL:  # a request's few rows: numpy calls cost more than a loop
+                for row, col in enumerate(cols):
+                    if col >= 0:
+                        matrix[row, col] = 1.0
+                continue
+            at = np.array(cols, np.int64)
+            rows = np.flatnonzero(at >= 0)
+            matrix[rows, at[rows]] = 1.0
