@@ -1,7 +1,7 @@
 """Serving: latency and throughput of the KServe model server, against an empty KServe model.
 
-Four servers run one after the other on loopback, each a real ``python -m ...`` process with
-the same KServe settings: an empty model (``serving.echo``: its ``predict`` returns the input,
+Four servers run on loopback at once, each a real ``python -m ...`` process with the same
+KServe settings: an empty model (``serving.echo``: its ``predict`` returns the input,
 so what is left is KServe's own cost on this machine), the fraud model with its defaults (reason
 codes for every transaction, inference log on, plain-JSON scoring answered by
 ``serving.direct_routes``), the same with every request through KServe's FastAPI routes
@@ -12,8 +12,9 @@ transactions in time order, so the online state evolves as in production: the fi
 as single transactions (V1 and V2 scenarios continue one stream), the rest as batches of 1,000
 (V1 and V2 continue another); no transaction is scored twice. Before its first batch, each
 server scores the singles it did not get to (unmeasured), so every server's state holds the
-same transactions when the batches start. Every scenario runs three times in a row (4 s
-measured after 1.5 s of warm-up each); the figures are the medians.
+same transactions when the batches start. Every scenario runs in three rounds (4 s measured
+after 1.5 s of warm-up each); in a round the servers take turns, so a slow minute of this
+shared machine falls on all of them alike; the figures are the medians of the rounds.
 
 The model is what ``fraudops train`` registers by default (XGBoost, early stopping on 400
 rounds), trained here on 2,000 customers over 60 days; the replay is the 450 days after.
@@ -317,36 +318,80 @@ def _catch_up(server: _Server, path: str, singles: Path, start: int) -> None:
             client.post(path, json={"instances": rows[i : i + BATCH]}).raise_for_status()
 
 
-def _measure(server: _Server, model: str, files: dict[str, Path], scenarios) -> dict[str, dict]:
-    paths = {"v1": f"/v1/models/{model}:predict", "v2": f"/v2/models/{model}/infer"}
-    # singles (V1 and V2) share one stream, batches (V1 and V2) another: each scenario goes on
-    # where the one before stopped, so no transaction is scored twice
-    offsets = {"single": 0, "batch": 0}
-    results = {}
-    caught_up = model == "echo"  # the empty model is stateless
-    for name, body, protocol, concurrency in scenarios:
-        key = "batch" if "batch" in body else "single"
-        if key == "batch" and not caught_up:
-            _catch_up(server, paths["v1"], files["v1"], offsets["single"])
-            caught_up = True
-        runs = []
-        for _ in range(REPEATS):
-            result = _run_load(
-                server.port,
-                paths[protocol],
-                files[body],
-                offsets[key],
-                concurrency,
-                model == "echo",
-            )
-            if model != "echo":  # the empty model is stateless: it cycles through the bodies
-                offsets[key] += result["used"]
-            if result["errors"]:
-                raise RuntimeError(f"{name}: {result['errors']} request(s) failed")
-            runs.append(result)
-        results[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"   ... {model} {name}: {results[name]} (median of {REPEATS})", flush=True)
-    return results
+class _Under:
+    """A server under measurement: where its streams are, and what it has measured."""
+
+    def __init__(self, label: str, server: _Server, model: str, scenarios: list) -> None:
+        self.label, self.server, self.model, self.scenarios = label, server, model, scenarios
+        # singles (V1 and V2) continue one stream, batches (V1 and V2) another: each run goes
+        # on where the one before stopped, so no transaction is scored twice
+        self.offsets = {"single": 0, "batch": 0}
+        self.runs: dict[str, list[dict]] = {}
+
+    @property
+    def stateless(self) -> bool:  # the empty model: it cycles through the bodies
+        return self.model == "echo"
+
+
+def _measure(servers: list[_Under], files: dict[str, Path]) -> dict[str, dict[str, dict]]:
+    """Every scenario of every server, ``REPEATS`` rounds, the servers taking turns.
+
+    This machine's speed drifts from minute to minute: a round runs the scenario on each
+    server in turn, so a slow minute falls on all of them rather than on one, and each
+    server's figures are its medians over rounds spread across the run. All the singles come
+    before all the batches (the online state's transactions stay in time order); between
+    them each fraud server scores the singles it did not get to (see :func:`_catch_up`).
+    """
+    paths = {
+        "echo": {"v1": "/v1/models/echo:predict", "v2": "/v2/models/echo/infer"},
+        "fraud-detector": {
+            "v1": "/v1/models/fraud-detector:predict",
+            "v2": "/v2/models/fraud-detector/infer",
+        },
+    }
+    for phase in ("single", "batch"):
+        if phase == "batch":
+            for under in servers:
+                if not under.stateless:
+                    _catch_up(
+                        under.server,
+                        paths[under.model]["v1"],
+                        files["v1"],
+                        under.offsets["single"],
+                    )
+        for scenario in [sc for sc in SCENARIOS if ("batch" in sc[1]) == (phase == "batch")]:
+            name, body, protocol, concurrency = scenario
+            for _ in range(REPEATS):
+                for under in servers:
+                    if scenario not in under.scenarios:
+                        continue
+                    result = _run_load(
+                        under.server.port,
+                        paths[under.model][protocol],
+                        files[body],
+                        under.offsets[phase],
+                        concurrency,
+                        under.stateless,
+                    )
+                    if not under.stateless:
+                        under.offsets[phase] += result["used"]
+                    if result["errors"]:
+                        raise RuntimeError(
+                            f"{under.label} {name}: {result['errors']} request(s) failed"
+                        )
+                    under.runs.setdefault(name, []).append(result)
+            for under in servers:
+                runs = under.runs.get(name)
+                if runs:
+                    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                    print(f"   ... {under.label} {name}: {median} (median of {len(runs)})")
+    return {
+        under.label: {
+            name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            for name, runs in under.runs.items()
+        }
+        for under in servers
+    }
 
 
 def run():
@@ -359,38 +404,43 @@ def run():
         store, config = _train(folder)
         files = _bodies(folder, config)
         print(f"   ... model and bodies ready in {time.perf_counter() - started:.0f} s", flush=True)
-        results = {}
-        for label, module, args in (
-            ("echo", "serving.echo", ["--model_name", "echo"]),
-            (
-                "fraud",
-                "serving",
-                ["--model_uri", f"{store}#fraud-detector", "--log_store", f"{tmp}/log"],
-            ),
-            (
-                "kserve-routes",
-                "serving",
-                [
-                    *("--model_uri", f"{store}#fraud-detector", "--log_store", f"{tmp}/log3"),
-                    *("--direct_routes", "false"),
-                ],
-            ),
-            (
-                "alerts",
-                "serving",
-                [
-                    *("--model_uri", f"{store}#fraud-detector", "--log_store", f"{tmp}/log2"),
-                    *("--reasons_for", "alerts"),
-                ],
-            ),
-        ):
-            server = _Server(module, [*args, *common], folder / f"{label}.log")
-            try:
-                model = "echo" if label == "echo" else "fraud-detector"
-                scenarios = SCENARIOS if label != "alerts" else [SCENARIOS[1], SCENARIOS[4]]
-                results[label] = _measure(server, model, files, scenarios)
-            finally:
-                server.stop()
+        model = f"{store}#fraud-detector"
+        servers: list[_Under] = []
+        try:  # all four up at once (idle ones cost memory, not CPU), measured in turns
+            for label, module, args, scenarios in (
+                ("echo", "serving.echo", ["--model_name", "echo"], SCENARIOS),
+                (
+                    "fraud",
+                    "serving",
+                    ["--model_uri", model, "--log_store", f"{tmp}/log"],
+                    SCENARIOS,
+                ),
+                (
+                    "kserve-routes",
+                    "serving",
+                    [
+                        *("--model_uri", model, "--log_store", f"{tmp}/log3"),
+                        *("--direct_routes", "false"),
+                    ],
+                    SCENARIOS,
+                ),
+                (
+                    "alerts",
+                    "serving",
+                    [
+                        *("--model_uri", model, "--log_store", f"{tmp}/log2"),
+                        *("--reasons_for", "alerts"),
+                    ],
+                    [SCENARIOS[1], SCENARIOS[4]],
+                ),
+            ):
+                server = _Server(module, [*args, *common], folder / f"{label}.log")
+                name = "echo" if label == "echo" else "fraud-detector"
+                servers.append(_Under(label, server, name, scenarios))
+            results = _measure(servers, files)
+        finally:
+            for under in servers:
+                under.server.stop()
     return _figures(results, Figure)
 
 
