@@ -384,7 +384,9 @@ def _measure(servers: list[_Under], files: dict[str, Path]) -> dict[str, dict[st
                 runs = under.runs.get(name)
                 if runs:
                     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                    print(f"   ... {under.label} {name}: {median} (median of {len(runs)})")
+                    print(
+                        f"   ... {under.label} {name}: {median} (median of {len(runs)})", flush=True
+                    )
     return {
         under.label: {
             name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
