@@ -15,6 +15,7 @@ __all__ = [
     "ID_FIELDS",
     "LABEL",
     "LABEL_FIELDS",
+    "MAX_MAGNITUDE",
     "REQUIRED_FIELDS",
     "Field",
     "field",
@@ -100,6 +101,10 @@ FIELDS: tuple[Field, ...] = (
 
 _BY_NAME = {f.name: f for f in FIELDS}
 REQUIRED_FIELDS = tuple(f.name for f in FIELDS if f.required)
+MAX_MAGNITUDE = 1e15
+"""Largest absolute value of a numeric field: ample for any currency, and far enough below
+float32's range (3.4e38, the models' input type) that a customer's windowed sums of such
+amounts stay finite."""
 ID_FIELDS = ("transaction_id", "customer_id", "terminal_id")
 LABEL = "is_fraud"
 LABEL_FIELDS = ("is_fraud", "label_known_at", "fraud_scenario")

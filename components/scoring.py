@@ -8,6 +8,7 @@ import pandas as pd
 from components.bundle import Bundle
 from components.compiled_trees import compile_kernels as compile_tree_kernels
 from components.features import compute_features
+from components.features.build import overflowing
 from components.features.windows import compile_kernels as compile_window_kernels
 from components.jit import kernel
 from components.model import DEFAULT_CONTRIBUTIONS, FraudModel
@@ -119,6 +120,15 @@ def score_frame(
     """
     model = bundle.model()
     features = compute_features(frame, bundle.spec())
+    too_large = overflowing(model.feature_names, features[model.feature_names].to_numpy())
+    if too_large:
+        ids = frame["transaction_id"].to_numpy()
+        listed = ", ".join(f"{ids[row]!r} ({name})" for row, name in too_large)
+        raise ValueError(
+            f"cannot score: feature values overflow the model's float32 input for {listed}; "
+            "a number of these transactions is implausibly large (e.g. an amount over a minute "
+            "account_balance): correct or remove them"
+        )
     scores = model.predict(features)
     threshold = bundle.threshold()["threshold"]
     out = pd.DataFrame(

@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from components.loaders import ROW_NUMBER
-from components.schema import FIELDS, LABEL, REQUIRED_FIELDS
+from components.schema import FIELDS, LABEL, MAX_MAGNITUDE, REQUIRED_FIELDS
 
 __all__ = [
     "RejectedShareError",
@@ -126,7 +126,11 @@ def parse_types(frame: pd.DataFrame, extra_numeric: list[str] | None = None):
             infinite = np.isinf(parsed)
             if infinite.any():
                 problems.append(_failures(frame.index[infinite], name, "not finite", raw[infinite]))
-                parsed = parsed.where(~infinite)
+            huge = ~infinite & (parsed.abs() > MAX_MAGNITUDE)
+            if huge.any():
+                check_huge = f"beyond ±{MAX_MAGNITUDE:g} (overflows the model's features)"
+                problems.append(_failures(frame.index[huge], name, check_huge, raw[huge]))
+            parsed = parsed.where(~(infinite | huge))
         if bad.any():
             problems.append(_failures(frame.index[bad], name, check, raw[bad]))
         typed[name] = parsed

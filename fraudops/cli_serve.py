@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from components.bundle import ALIASES
 from fraudops.errors import friendly_errors
-from fraudops.options import DEFAULT_MODEL_NAME, StoreOpt, store_uri
+from fraudops.options import DEFAULT_MODEL_NAME, ModelNameOpt, StoreOpt, store_uri
+
+_VERSION = re.compile(r"v\d+|latest")
+
+
+def model_uri_for(model: str, model_name: str, store: str) -> str:
+    """The server's ``--model_uri`` for ``fraudops serve --model``.
+
+    Args:
+        model: A version (``v3``, ``latest``) or alias (``champion``, ``canary``) of
+            ``model_name``; ``name[:version|alias]`` (a bare name: its champion); or a bundle
+            folder.
+        model_name: The registered model a bare version or alias refers to.
+        store: The store's URI.
+    """
+    if Path(model).is_dir():
+        return model
+    name, colon, ref = model.partition(":")
+    if not colon and (_VERSION.fullmatch(model) or model in ALIASES):
+        name, ref = model_name, model
+    return f"{store}#{name}:{ref or 'champion'}"
 
 
 @friendly_errors
@@ -17,9 +39,11 @@ def serve(
         str,
         typer.Option(
             "--model",
-            help="name[:version|alias] in the store (default alias: champion), or a bundle folder.",
+            help="A version (v3, latest) or alias (champion, canary) of --model-name; or "
+            "name[:version|alias] (a bare name: its champion); or a bundle folder.",
         ),
-    ] = DEFAULT_MODEL_NAME,
+    ] = "champion",
+    model_name: ModelNameOpt = DEFAULT_MODEL_NAME,
     store: StoreOpt = None,
     http_port: Annotated[
         int, typer.Option("--http-port", help="HTTP port (V1, V2, /metrics).")
@@ -59,12 +83,7 @@ def serve(
     """
     if reasons_for not in ("all", "alerts", "none"):
         raise typer.BadParameter("choose all, alerts or none", param_hint="--reasons-for")
-    folder = Path(model)
-    if folder.is_dir():
-        model_uri = str(folder)
-    else:
-        model_name, _, ref = model.partition(":")
-        model_uri = f"{store_uri(store)}#{model_name}:{ref or 'champion'}"
+    model_uri = model_uri_for(model, model_name, store_uri(store))
     argv = [
         "--model_uri",
         model_uri,

@@ -11,8 +11,10 @@ to :func:`serve`. It does what KServe's route handlers do, in the same order, wi
 types and exception handlers, minus FastAPI's routing, dependency solving and re-encoding:
 
 - readiness: a model that is not ready answers 503 (``ModelNotReady``), as KServe's routes do;
-- V1: ``orjson`` parses the body, as KServe's ``DataPlane.decode`` does; the model's dict is
-  encoded with ``orjson``, as KServe's ``ORJSONResponse`` would;
+- V1: ``orjson`` parses the body, as KServe's ``DataPlane.decode`` does (a body it refuses
+  only for ``NaN``, ``Infinity`` or an out-of-range number is read with ``json``, so that the
+  400 names the field); the model's dict is encoded with ``orjson``, as KServe's
+  ``ORJSONResponse`` would;
 - V2: a body of the plain shape is read with ``orjson`` straight into KServe's
   ``InferRequest`` (:func:`parse_v2`); any other goes through pydantic's validation against
   KServe's ``InferenceRequest`` (the model FastAPI validates against) and
@@ -32,6 +34,7 @@ tensor extension, versioned V2 paths and models fraudops does not serve. The ser
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -101,7 +104,7 @@ async def serve(
             try:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as e:
-                raise InvalidInput(f"Unrecognized request format: {e}") from None
+                payload = _nonstandard_numbers(body, e)
             if isinstance(payload, dict) and is_structured_cloudevent(payload):
                 return False
         else:
@@ -123,6 +126,22 @@ async def serve(
     await send({"type": "http.response.start", "status": 200, "headers": extra})
     await send({"type": "http.response.body", "body": content})
     return True
+
+
+def _nonstandard_numbers(body: bytes, error: orjson.JSONDecodeError) -> object:
+    """A V1 body ``orjson`` refused, if only for ``NaN``, ``Infinity`` or a number beyond the
+    float range (Python's ``json`` writes the first two): parsed as Python's ``json`` reads
+    them, so that validation names the transaction and the field. Anything else (invalid
+    JSON, a lone surrogate no response could echo) keeps KServe's ``Unrecognized request
+    format`` error.
+    """
+    refusal = InvalidInput(f"Unrecognized request format: {error}")
+    try:
+        payload = json.loads(body)
+        orjson.dumps(payload)  # what orjson cannot write back is refused as before
+    except (ValueError, TypeError, RecursionError):
+        raise refusal from None
+    return payload
 
 
 def parse_v2(body: bytes, model_name: str) -> InferRequest:

@@ -102,10 +102,11 @@ class OnlineFeatures:
         )
         matrix = np.zeros((len(batch), len(self.names)), dtype=np.float32)
         index = self.index
-        for name, values in columns.items():
-            i = index.get(name)
-            if i is not None:
-                matrix[:, i] = values
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused by the scorer
+            for name, values in columns.items():
+                i = index.get(name)
+                if i is not None:
+                    matrix[:, i] = values
         self._one_hot(batch, matrix)
         return matrix
 

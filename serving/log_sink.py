@@ -141,8 +141,8 @@ def decode_body(body: bytes, kind: str) -> tuple[str, Any, dict]:
             return "v2", InferRequest.from_bytes(body, length, ""), parsed
         if kind == RESPONSE_TYPE and "outputs" in parsed:
             return "v2", InferResponse.from_bytes(body, length), parsed
-    except (KeyError, TypeError, ValueError) as e:
-        raise SinkError(f"malformed V2 {kind.rsplit('.', 1)[-1]}: {e}") from e
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise SinkError(f"malformed V2 {kind.rsplit('.', 1)[-1]}: {e!r}") from e
     return "v1", parsed, parsed
 
 
@@ -162,9 +162,12 @@ def _request_batch(protocol: str, payload: Any) -> TransactionBatch:
     return from_instances(payload, _lenient_schema(names))
 
 
-def _response_scores(protocol: str, payload: Any, parsed: dict) -> tuple[str, str, Scored]:
+def _response_scores(
+    protocol: str, payload: Any, parsed: dict
+) -> tuple[str, str, list[str], Scored]:
     if protocol == "v2":
         out = {o.name: o for o in payload.outputs}
+        ids = [_text(t) for t in out["transaction_id"].as_numpy().ravel().tolist()]
         score = np.asarray(out["score"].as_numpy(), dtype=np.float64).ravel()
         decisions = [_text(d) for d in out["decision"].as_numpy().ravel().tolist()]
         reasons: list[list[str]] = [[] for _ in score]
@@ -175,13 +178,21 @@ def _response_scores(protocol: str, payload: Any, parsed: dict) -> tuple[str, st
         version = parsed.get("model_version") or ""
     else:
         predictions = payload["predictions"]
+        ids = [p["transaction_id"] for p in predictions]
         score = np.array([p["score"] for p in predictions], dtype=np.float64)
         decisions = [p["decision"] for p in predictions]
         reasons = [list(p.get("reasons") or []) for p in predictions]
         model = payload.get("model_name", "")
         version = payload.get("model_version") or (predictions[0].get("model_version", ""))
+    unknown = sorted({repr(d) for d in decisions} - {"'alert'", "'pass'"})
+    if unknown:
+        raise SinkError(f"decision must be 'alert' or 'pass', got {', '.join(unknown[:3])}")
+    for what, value in (("model_name", model), ("model_version", version)):
+        if not isinstance(value, str):
+            raise SinkError(f"{what} must be a string, got {type(value).__name__}")
     alert = np.array([d == "alert" for d in decisions], dtype=bool)
-    return model, version, Scored(score, alert, reasons, np.zeros((len(score), 0), np.float32))
+    scored = Scored(score, alert, reasons, np.zeros((len(score), 0), np.float32))
+    return model, version, ids, scored
 
 
 def _text(value: object) -> str:
@@ -200,15 +211,22 @@ def records_from_pair(request: Event, response: Event) -> list[dict[str, Any]]:
     _, res, parsed = decode_body(response.body, RESPONSE_TYPE)
     try:
         batch = _request_batch(protocol, req)
-        model, version, scored = _response_scores(protocol, res, parsed)
+        model, version, ids, scored = _response_scores(protocol, res, parsed)
     except ServingError as e:
         raise SinkError(f"request {request.id}: {e}") from e
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SinkError(f"response {response.id}: not a fraudops response ({e!r})") from e
-    if len(scored.score) != len(batch):
+    if len(scored.score) != len(batch) or len(ids) != len(batch):
         raise SinkError(
             f"{request.id}: the request has {len(batch)} transaction(s), the response "
             f"{len(scored.score)}"
+        )
+    pairs = zip(batch.transaction_id, ids, strict=True)
+    mismatch = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
+    if mismatch is not None:
+        raise SinkError(
+            f"{request.id}: transaction {mismatch} is {batch.transaction_id[mismatch]!r} in the "
+            f"request but {ids[mismatch]!r} in the response: not a pair"
         )
     model = model or response.service or request.service
     if not model or not version:
@@ -231,11 +249,21 @@ def records_from_pair(request: Event, response: Event) -> list[dict[str, Any]]:
 
 
 class EventPairer:
-    """Request and response events waiting for each other, by ``ce-id``, with a time limit."""
+    """Request and response events waiting for each other, by ``ce-id``, with a time limit.
 
-    def __init__(self, timeout: float = 300.0, metrics: ServingMetrics | None = None) -> None:
+    At most ``max_pending`` events wait: beyond that the oldest is dropped and counted
+    (``evicted``), so a flood of events that never pair cannot exhaust the sink's memory.
+    """
+
+    def __init__(
+        self,
+        timeout: float = 300.0,
+        metrics: ServingMetrics | None = None,
+        max_pending: int = 100_000,
+    ) -> None:
         self.timeout = timeout
         self.metrics = metrics
+        self.max_pending = max_pending
         self._pending: OrderedDict[tuple[str, str], tuple[float, Event]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -250,6 +278,15 @@ class EventPairer:
             key = (event.id, event.type)
             if key in self._pending:
                 self._count(event.type, "duplicate")
+            elif len(self._pending) >= self.max_pending:
+                _, (_, oldest) = self._pending.popitem(last=False)
+                self._count(oldest.type, "evicted")
+                log.warning(
+                    "log sink: %d events wait for their pair; dropped the oldest (%s %s)",
+                    self.max_pending,
+                    oldest.type,
+                    oldest.id,
+                )
             self._pending[key] = (time.monotonic(), event)
             self._count(event.type, "waiting")
             self._gauge()
@@ -289,16 +326,38 @@ def create_app(
     metrics: ServingMetrics | None = None,
     pair_timeout: float = 300.0,
     writer: InferenceLogWriter | None = None,
+    max_pending: int = 100_000,
+    max_body_bytes: int = 64 * 1024 * 1024,
 ) -> Starlette:
-    """The sink's ASGI app: ``POST /`` (events), ``GET /healthz``, ``GET /metrics``."""
+    """The sink's ASGI app: ``POST /`` (events), ``GET /healthz``, ``GET /metrics``.
+
+    Args:
+        store: Where the records go (unless ``writer`` is given).
+        metrics: Prometheus metrics to update.
+        pair_timeout: Seconds an event waits for its pair.
+        writer: The log writer (default: one for ``store``).
+        max_pending: Most events waiting for their pair (see :class:`EventPairer`).
+        max_body_bytes: Largest event body; a larger one is answered 413 unread.
+    """
     from prometheus_client import REGISTRY, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
     writer = writer or InferenceLogWriter(store, metrics=metrics)
-    pairer = EventPairer(pair_timeout, metrics)
+    pairer = EventPairer(pair_timeout, metrics, max_pending)
+
+    def refuse(status: int, message: str) -> Response:
+        if metrics is not None:
+            metrics.sink_events.labels("unknown", "invalid").inc()
+        return JSONResponse({"error": message}, status_code=status)
 
     async def receive(request: Request) -> Response:
-        body = await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                return refuse(413, f"event body larger than {max_body_bytes:,} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             event = parse_event(headers, body)
@@ -307,9 +366,7 @@ def create_app(
                 return JSONResponse({"status": "waiting", "id": event.id}, status_code=202)
             records = records_from_pair(*pair)
         except SinkError as e:
-            if metrics is not None:
-                metrics.sink_events.labels("unknown", "invalid").inc()
-            return JSONResponse({"error": str(e)}, status_code=400)
+            return refuse(400, str(e))
         writer.submit(LogEntry(len(records), prebuilt, (records,)))
         pairer._count(event.type, "paired")
         return JSONResponse({"status": "paired", "id": event.id, "records": len(records)})
@@ -361,6 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flush_interval", type=float, default=5.0)
     parser.add_argument("--flush_records", type=int, default=20_000)
     parser.add_argument("--max_records", type=int, default=200_000)
+    parser.add_argument(
+        "--max_pending", type=int, default=100_000, help="Most events waiting for their pair."
+    )
+    parser.add_argument(
+        "--max_body_bytes", type=int, default=64 * 1024 * 1024, help="Largest event body."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -376,7 +439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush_interval=args.flush_interval,
         metrics=metrics,
     )
-    app = create_app(store, metrics=metrics, pair_timeout=args.pair_timeout, writer=writer)
+    app = create_app(
+        store,
+        metrics=metrics,
+        pair_timeout=args.pair_timeout,
+        writer=writer,
+        max_pending=args.max_pending,
+        max_body_bytes=args.max_body_bytes,
+    )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (lifespan: the writer flushes), then
     # re-raises the signal to the previous handler: make that one a no-op so we exit with 0
     for sig in (signal.SIGTERM, signal.SIGINT):

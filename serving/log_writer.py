@@ -378,8 +378,9 @@ class InferenceLogWriter:
         delay = 0.2
         while not self.flush():
             if time.monotonic() + delay > deadline:
-                with self._cond:
-                    lost, self._retry = len(self._retry), []
+                with self._cond:  # the failed chunk's records and the chunks after it
+                    lost = len(self._retry) + self._pending_records
+                    self._retry, self._pending, self._pending_records = [], [], 0
                 self._drop(lost, "store_unavailable")
                 break
             time.sleep(delay)

@@ -192,7 +192,7 @@ class ServingMetrics:
         self.sink_events = Counter(
             "fraudops_log_sink_events",
             "CloudEvents received by the log sink, by type and outcome (paired, waiting, "
-            "invalid, expired, duplicate).",
+            "invalid, expired, evicted, duplicate).",
             ("type", "outcome"),
             **kw,
         )

@@ -154,7 +154,14 @@ class FraudDetector(Model):
             ) from e
         if self.state is None:
             state = InMemoryOnlineState(spec.history_days + config.state_slack_days)
-            seeded = state.load_frame(history) if len(history) else 0
+            try:
+                seeded = state.load_frame(history) if len(history) else 0
+            except (ValueError, KeyError, TypeError) as e:
+                self.close()
+                raise ModelMissingError(
+                    f"the bundle's online/snapshot.parquet from {self.source.uri} cannot seed "
+                    f"the online state: {type(e).__name__}: {e}"
+                ) from e
             replayed = self._replay(state, history, spec.history_days + config.state_slack_days)
             self.state = state
             log.info(
@@ -212,7 +219,16 @@ class FraudDetector(Model):
         if frame.empty or not set(columns) <= set(frame.columns):
             return 0
         rows = frame[columns].rename(columns=lambda c: c.removeprefix("tx."))
-        rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True, format="ISO8601")
+        rows["timestamp"] = pd.to_datetime(
+            rows["timestamp"], utc=True, format="ISO8601", errors="coerce"
+        )
+        unreadable = int(rows["timestamp"].isna().sum())
+        if unreadable:  # a record this replay cannot place in time must not stop the server
+            log.warning(
+                "inference log replay: %d record(s) without a readable timestamp left out",
+                unreadable,
+            )
+            rows = rows[rows["timestamp"].notna()]
         if len(snapshot):
             rows = rows[rows["timestamp"] > pd.to_datetime(snapshot["timestamp"], utc=True).max()]
         rows = rows.drop_duplicates("transaction_id").sort_values("timestamp", kind="stable")

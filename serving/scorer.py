@@ -15,8 +15,10 @@ from typing import Literal
 import numpy as np
 
 from components.bundle import Bundle
+from components.features.build import overflowing
 from components.model import CONTRIBUTION_METHODS, DEFAULT_CONTRIBUTIONS, FraudModel
 from components.scoring import compile_kernels, format_reasons
+from serving.errors import InvalidTransactions
 from serving.features import OnlineFeatures, entity_codes
 from serving.state import OnlineState
 from serving.transactions import TransactionBatch
@@ -104,6 +106,16 @@ class Scorer:
         q_term, terminals = entity_codes(batch.terminal_id)
         history = self.state.history_for(customers, terminals)
         matrix = self.features.from_history(batch, history, q_cust, q_term)
+        too_large = overflowing(self.features.names, matrix)
+        if too_large:  # before the state changes: the request leaves no trace
+            raise InvalidTransactions(
+                [
+                    f"transaction {row} ({batch.transaction_id[row]!r}): feature {name!r} "
+                    "overflows the model's float32 input; a number of this transaction is "
+                    "implausibly large for it (e.g. an amount over a minute account_balance)"
+                    for row, name in too_large
+                ]
+            )
         explained = self.model.explain(matrix, self._explain_from, self.contributions)
         score = explained.score
         alert = score >= self.threshold

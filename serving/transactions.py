@@ -16,6 +16,7 @@ runs on a column that failed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from components.schema import FIELDS, LABEL_FIELDS
+from components.schema import FIELDS, LABEL_FIELDS, MAX_MAGNITUDE
 from serving.errors import InvalidTransactions, PayloadTooLarge
 
 __all__ = [
@@ -38,6 +39,15 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PYTHON_CHECKS = 8
 """Up to this many values a column is checked in Python (numpy calls cost more for a few)."""
 _MS = timedelta(milliseconds=1)
+_ISO_8601 = re.compile(
+    r"\d{4}(?:-\d{2}-\d{2}|\d{4})"  # extended or basic calendar date
+    r"(?:[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d*)?)?)?"  # hours, minutes, seconds, fraction
+    r"(?: ?(?:Z|[+-]\d{2}(?::?\d{2})?))?)?"  # UTC or an offset in hours and minutes
+)
+"""The ISO 8601 forms both ``datetime.fromisoformat`` and batch validation (pandas'
+``format="ISO8601"``) read. Python alone also reads week dates (``2026-W20-6``), decimal
+commas, offsets with seconds and any separator character: a timestamp the server accepted must
+stay readable by pandas (the inference log's replay, the drift job)."""
 NUMERIC_DATATYPES = frozenset(
     {
         "FP64",
@@ -246,9 +256,15 @@ def _numbers(
     types = set(map(type, column))
     values = None
     minimum = schema.minimum.get(name)
-    if types <= {int, float} and len(column) <= _PYTHON_CHECKS:
+    if column and types <= {int, float} and len(column) <= _PYTHON_CHECKS:
         try:  # a request's few values: Python checks cost less than numpy calls
-            if all(map(math.isfinite, column)) and (minimum is None or min(column) >= minimum):
+            low, high = min(column), max(column)
+            if (
+                all(map(math.isfinite, column))
+                and (minimum is None or low >= minimum)
+                and low >= -MAX_MAGNITUDE
+                and high <= MAX_MAGNITUDE
+            ):
                 return np.array(column, dtype=np.float64)
         except OverflowError:  # an integer beyond the float range: diagnosed below
             pass
@@ -283,6 +299,15 @@ def _numbers(
         if low.any():
             for i in np.flatnonzero(low):
                 problems.add(f"{where(int(i), name)}: must be >= {minimum:g}, got {values[i]:g}")
+    huge = finite & (np.abs(values) > MAX_MAGNITUDE)
+    if huge.any():
+        for i in np.flatnonzero(huge):
+            if minimum is not None and values[i] < minimum:
+                continue  # already reported
+            problems.add(
+                f"{where(int(i), name)}: must be within ±{MAX_MAGNITUDE:g} (a larger number "
+                f"overflows the model's features), got {values[i]:g}"
+            )
     return values
 
 
@@ -316,6 +341,8 @@ def _timestamps(
         text = value.strip()
         texts.append(text)
         try:
+            if not _ISO_8601.fullmatch(text):
+                raise ValueError(text)
             stamp = datetime.fromisoformat(text)
         except ValueError:
             problems.add(
@@ -349,6 +376,8 @@ def _timestamps_fast(
     if set(map(type, column)) != {str}:
         return None
     texts = [s.strip() for s in column]  # type: ignore[union-attr]
+    if not all(map(_ISO_8601.fullmatch, texts)):
+        return None
     try:
         stamps = [datetime.fromisoformat(t) for t in texts]
     except ValueError:

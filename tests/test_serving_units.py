@@ -38,13 +38,15 @@ from components.inference_log import (
     make_record,
     read_frame,
     read_records,
+    write_batch,
 )
-from components.scoring import format_reasons, reason_codes
+from components.scoring import format_reasons, reason_codes, score_frame
 from components.store import LocalStore
+from fraudops.cli_serve import model_uri_for
 from serving.direct_routes import _plain_request, encode_response, parse_v2, takes
 from serving.errors import InvalidTransactions, PayloadTooLarge, ServingError
 from serving.features import OnlineFeatures
-from serving.log_sink import Event, EventPairer, records_from_pair
+from serving.log_sink import Event, EventPairer, SinkError, create_app, records_from_pair
 from serving.log_writer import InferenceLogWriter, LogEntry, prebuilt, write_entries
 from serving.metrics import ArrayHistogram, ServingMetrics
 from serving.model import (
@@ -106,6 +108,9 @@ def test_v1_transactions_are_normalised_like_batch_validation():
         ({"amount": float("nan")}, "instance 1: amount: not a finite number (nan)"),
         ({"account_balance": float("inf")}, "instance 1: account_balance: not a finite number"),
         ({"account_age_days": -1.0}, "instance 1: account_age_days: must be >= 0"),
+        ({"amount": 2e15}, "instance 1: amount: must be within ±1e+15 (a larger number"),
+        ({"account_balance": -(10**300)}, "instance 1: account_balance: must be within ±1e+15"),
+        ({"account_balance": 10**400}, "instance 1: account_balance: not a finite number"),
         ({"amount": None}, "instance 1: amount: missing (required)"),
         ({"customer_id": "  "}, "instance 1: customer_id: missing (required)"),
         ({"customer_id": 7}, "instance 1: customer_id: must be a string, got integer"),
@@ -126,6 +131,48 @@ def test_each_v1_problem_names_the_instance_the_field_and_the_problem(change, ex
         _v1(GOOD, {**GOOD, "transaction_id": "t-2", **change})
     assert expected in str(info.value)
     assert info.value.status == 400
+
+
+@st.composite
+def iso_like(draw) -> str:
+    """Date-time texts of the forms ISO 8601 allows, and near misses either parser reads."""
+    date = draw(st.sampled_from(["2026-05-16", "20260516", "2026-W20-6", "2026-W20", "2026-5-16"]))
+    if draw(st.booleans()):
+        return date
+    sep = draw(st.sampled_from(["T", " ", "t", "_", "x"]))
+    colon = draw(st.sampled_from([":", ""]))
+    time = draw(st.sampled_from(["10", f"10{colon}30", f"10{colon}30{colon}15"]))
+    if time.count("1") > 1 or len(time) > 4:  # seconds present: maybe a fraction
+        time += draw(st.sampled_from(["", ".5", ".123456789", ",5", "."]))
+    zone = draw(
+        st.sampled_from(["", "Z", " Z", "z", "+05:30", "+0530", "+05", "-00:00", "+05:30:15"])
+    )
+    return f"{date}{sep}{time}{zone}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(iso_like())
+def test_a_timestamp_the_server_accepts_is_read_alike_by_batch_validation(text):
+    try:
+        batch = from_instances({"instances": [{**GOOD, "timestamp": text}]}, SCHEMA, now=NOW)
+    except InvalidTransactions as e:
+        assert "not an ISO 8601 date-time" in str(e)
+        served = None
+    else:
+        served = int(batch.time_ms[0])
+    try:
+        stamp = pd.to_datetime(pd.Series([text]), utc=True, format="ISO8601").iloc[0]
+        batch_ms = stamp.value // 1_000_000
+    except (ValueError, OverflowError):
+        batch_ms = None
+    if served is not None:  # the inference log's replay and the drift job read it back
+        assert served == batch_ms, text
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return
+    if batch_ms is not None:  # both parsers read it: so does the server
+        assert served == batch_ms, text
 
 
 def test_problems_are_collected_over_the_whole_request():
@@ -448,7 +495,7 @@ def test_packed_log_entries_unpack_to_the_columns_of_the_request(bundle, log_fea
     for row in rows[::3]:
         row.pop("merchant_category", None)  # missing in some: None in the block
     for i, row in enumerate(rows[20:]):
-        row["account_balance"] = 1e-300 * (i + 0.1)  # odd floats, and infinite features
+        row["account_balance"] = 1e-30 * (i + 0.1)  # odd floats, and huge finite features
     names = detector.scorer.features.names if log_features else None
     when = datetime.now(UTC)
     blocks = []
@@ -461,9 +508,9 @@ def test_packed_log_entries_unpack_to_the_columns_of_the_request(bundle, log_fea
         blocks.append(packed_columns(*packed))
         assert blocks[-1] == columns_for(*args)
     assert None in blocks[1]["tx.merchant_category"]
-    if log_features:  # NaN features (no history) are logged as None, infinite ones as such
+    if log_features:  # NaN features (no history) are logged as None
         features = [v for k, vs in blocks[1].items() if k.startswith("feature.") for v in vs]
-        assert None in features and math.inf in features
+        assert None in features and max(v for v in features if v is not None) > 1e30
 
 
 def test_a_request_orjson_cannot_pack_is_still_logged(bundle):
@@ -594,6 +641,80 @@ def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bund
     assert not np.allclose(again, expected, rtol=1e-6)
 
 
+def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(bundle):
+    detector = FraudDetector(
+        "fraud", parse_model_uri(str(bundle.folder)), ServingConfig(replay_log=False)
+    )
+    detector.load()
+    before = detector.state.stats()
+    tiny = {**GOOD, "amount": 1e15, "account_balance": 1e-30}  # amount_to_balance 1e45
+    with pytest.raises(InvalidTransactions) as info:
+        detector.predict({"instances": [{**GOOD, "transaction_id": "t-0"}, tiny]}, {})
+    assert "transaction 1 ('t-1'): feature 'amount_to_balance' overflows" in str(info.value)
+    assert info.value.status == 400
+    assert detector.state.stats() == before  # neither transaction entered the state
+    ok = detector.predict({"instances": [{**tiny, "account_balance": 1e-3}]}, {})
+    detector.close()
+    assert 0 <= ok["predictions"][0]["score"] <= 1
+
+
+def test_batch_scoring_names_the_transactions_whose_features_overflow(bundle):
+    frame = later_transactions(5, seed=3)
+    frame.loc[2, ["amount", "account_balance"]] = [1e15, 1e-30]
+    with pytest.raises(
+        ValueError, match=r"overflow the model's float32 input for '.+' \(amount_to_balance\)"
+    ):
+        score_frame(bundle, frame)
+
+
+def test_a_log_record_with_an_unreadable_timestamp_does_not_stop_a_restart(bundle, tmp_path):
+    log_store = LocalStore(tmp_path / "log")
+    now = datetime.now(UTC)
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    end = pd.to_datetime(snapshot["timestamp"], utc=True).max().to_pydatetime()
+    records = [
+        make_record(
+            model="fraud",
+            version=bundle.version,
+            transaction={
+                "transaction_id": f"t-{i}",
+                "timestamp": stamp,
+                "customer_id": f"c-replayed-{i}",
+                "terminal_id": "t-replayed",
+                "amount": 5.0,
+            },
+            score=0.1,
+            decision="pass",
+            time=now,
+        )
+        for i, stamp in enumerate(
+            [
+                (end + timedelta(hours=1)).isoformat(),
+                "2026-W20-6",  # Python reads it, pandas does not
+                (end + timedelta(hours=2)).isoformat(),
+            ]
+        )
+    ]
+    write_batch(log_store, records)
+    fresh = FraudDetector(
+        "fraud", parse_model_uri(str(bundle.folder)), ServingConfig(replay_log=False)
+    )
+    fresh.load()
+    restarted = FraudDetector(
+        "fraud",
+        parse_model_uri(str(bundle.folder)),
+        ServingConfig(log_process=False),
+        log_store=log_store,
+    )
+    restarted.load()
+    assert restarted.ready
+    before, after = fresh.state.stats(), restarted.state.stats()
+    fresh.close()
+    restarted.close()
+    assert after["customers"] - before["customers"] == 2  # the two readable records
+    assert after["customer_rows"] - before["customer_rows"] == 2
+
+
 def test_model_uri_forms(tmp_path):
     store = parse_model_uri("s3://fraudops/registry#fraud-detector:v3")
     assert (store.store_uri, store.name, store.ref) == (
@@ -606,6 +727,30 @@ def test_model_uri_forms(tmp_path):
     for bad in ("s3://fraudops", "#", str(tmp_path / "missing")):
         with pytest.raises(ValueError, match="model_uri"):
             parse_model_uri(bad)
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("champion", "s3://b#fraud:champion"),  # an alias or version of --model-name
+        ("canary", "s3://b#fraud:canary"),
+        ("v12", "s3://b#fraud:v12"),
+        ("latest", "s3://b#fraud:latest"),
+        ("other", "s3://b#other:champion"),  # a bare name: that model's champion
+        ("other:v2", "s3://b#other:v2"),
+        ("other:canary", "s3://b#other:canary"),
+        ("v12x", "s3://b#v12x:champion"),  # not a version: a name
+    ],
+)
+def test_fraudops_serve_reads_a_version_alias_or_name(model, expected):
+    uri = model_uri_for(model, "fraud", "s3://b")
+    assert uri == expected
+    source = parse_model_uri(uri)
+    assert f"{source.store_uri}#{source.name}:{source.ref}" == expected
+
+
+def test_fraudops_serve_takes_a_bundle_folder(tmp_path):
+    assert model_uri_for(str(tmp_path), "fraud", "s3://b") == str(tmp_path)
 
 
 # -- inference log ------------------------------------------------------------------------
@@ -664,6 +809,24 @@ def test_writer_retries_a_failing_store_and_loses_nothing_on_close(tmp_path):
     writer.close(timeout=10)
     assert writer.written == 60 and writer.dropped == 0
     assert len(read_records(LocalStore(blocker), "fraud")) == 60
+
+
+def test_writer_counts_every_record_it_gives_up_on_when_the_store_stays_down(tmp_path, monkeypatch):
+    monkeypatch.setattr("serving.log_writer.CHUNK_RECORDS", 6)  # several chunks a flush
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store's directory should be")
+    registry = CollectorRegistry()
+    writer = InferenceLogWriter(
+        LocalStore(blocker), flush_interval=60, metrics=ServingMetrics(registry)
+    )
+    for i in range(10):
+        writer.submit(_entry(i, 3))
+    writer.close(timeout=0.5)
+    assert (writer.written, writer.dropped, writer.queued) == (0, 30, 0)
+    dropped = registry.get_sample_value(
+        "fraudops_inference_log_dropped_total", {"reason": "store_unavailable"}
+    )
+    assert dropped == 30
 
 
 def test_writer_process_writes_everything_and_drops_only_an_unwritable_record(tmp_path):
@@ -730,6 +893,71 @@ def test_sink_pairs_in_either_order_and_expires_orphans():
     assert record["transaction"]["channel"] == "online" and record["source"] == "http://logger/"
     assert pairer.add(_event(REQUEST_TYPE, {"instances": [GOOD]}, "orphan", t0)) is None
     assert pairer.expire(now=time.monotonic() + 11) == 1 and len(pairer) == 0
+
+
+def _v1_response(**change) -> dict:
+    prediction = {"transaction_id": "t-1", "score": 0.9, "decision": "alert", "reasons": []}
+    return {"model_name": "fraud", "model_version": "v1", "predictions": [{**prediction, **change}]}
+
+
+@pytest.mark.parametrize(
+    "request_body, response_body, expected",
+    [
+        ({"instances": [GOOD]}, _v1_response(decision="maybe"), "decision must be 'alert' or"),
+        ({"instances": [GOOD]}, _v1_response(transaction_id="t-2"), "'t-1' in the request but"),
+        (
+            {"instances": [GOOD]},
+            {**_v1_response(), "model_version": {"v": 1}},
+            "model_version must be a string",
+        ),
+        ({"inputs": [5]}, {"outputs": []}, "malformed V2 request"),
+        (
+            {"instances": [GOOD, {**GOOD, "transaction_id": "t-2"}]},
+            _v1_response(),
+            "2 transaction(s), the response 1",
+        ),
+    ],
+)
+def test_sink_refuses_a_pair_that_is_not_a_fraudops_pair(request_body, response_body, expected):
+    t0 = datetime(2026, 5, 16, tzinfo=UTC)
+    req = _event(REQUEST_TYPE, request_body, "a", t0)
+    res = _event(RESPONSE_TYPE, response_body, "a", t0)
+    with pytest.raises(SinkError, match=re.escape(expected)):
+        records_from_pair(req, res)
+
+
+def test_sink_keeps_at_most_max_pending_events_and_counts_the_evicted():
+    registry = CollectorRegistry()
+    pairer = EventPairer(timeout=60, metrics=ServingMetrics(registry), max_pending=3)
+    t0 = datetime(2026, 5, 16, tzinfo=UTC)
+    for i in range(5):
+        assert pairer.add(_event(REQUEST_TYPE, {"instances": [GOOD]}, f"e{i}", t0)) is None
+    assert len(pairer) == 3
+    evicted = registry.get_sample_value(
+        "fraudops_log_sink_events_total", {"type": "request", "outcome": "evicted"}
+    )
+    assert evicted == 2
+    response = _event(RESPONSE_TYPE, _v1_response(), "e0", t0)
+    assert pairer.add(response) is None  # e0 was evicted: the response waits alone
+    assert pairer.add(_event(RESPONSE_TYPE, _v1_response(), "e4", t0)) is not None
+
+
+def test_sink_answers_an_oversized_event_413_and_keeps_serving(tmp_path):
+    import asyncio
+
+    import httpx
+
+    app = create_app(LocalStore(tmp_path), max_body_bytes=1_000)
+
+    async def exchange() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # the app alone: no lifespan, no writer
+        async with httpx.AsyncClient(transport=transport, base_url="http://sink") as client:
+            too_big = await client.post("/", content=b"x" * 1_001, headers={"ce-id": "a"})
+            return too_big, await client.get("/healthz")
+
+    too_big, health = asyncio.run(exchange())
+    assert too_big.status_code == 413 and "1,000 bytes" in too_big.json()["error"]
+    assert health.status_code == 200
 
 
 def test_without_latency_logging_kserve_timing_middleware_is_left_out():

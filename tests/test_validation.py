@@ -24,6 +24,7 @@ PLANTED = [
     (44, "channel", "fax", "channel: not one of"),
     (52, "is_fraud", "2", "is_fraud: label must be 0 or 1 (2.0)"),
     (60, "account_age_days", "-3", "account_age_days: negative account age"),
+    (66, "account_balance", "-2e15", "account_balance: beyond ±1e+15 (overflows"),
 ]
 
 
@@ -73,7 +74,7 @@ def test_rejected_share_limit(planted_csv):
     frame = load_transactions(planted_csv).frame
     strict = validate_transactions(frame, ValidationConfig(max_rejected_share=0.01))
     assert not strict.passed
-    with pytest.raises(RejectedShareError, match=r"10 of 400 rows \(2.50%\).*--max-rejected-share"):
+    with pytest.raises(RejectedShareError, match=r"11 of 400 rows \(2.75%\).*--max-rejected-share"):
         check_rejected_share(strict, "planted.csv")
     lenient = validate_transactions(frame, ValidationConfig(max_rejected_share=0.05))
     assert lenient.passed

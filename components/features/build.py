@@ -23,7 +23,32 @@ from components.features.spec import FeatureSpec
 from components.features.windows import MS_PER_DAY, EntityRows, window_values
 from components.schema import LABEL
 
-__all__ = ["compute_features", "numeric_features", "stateless_features", "windowed_features"]
+__all__ = [
+    "compute_features",
+    "numeric_features",
+    "overflowing",
+    "stateless_features",
+    "windowed_features",
+]
+
+
+def overflowing(names: list[str], matrix: np.ndarray, limit: int = 5) -> list[tuple[int, str]]:
+    """``(row, feature)`` of up to ``limit`` values that are infinite as float32, the type the
+    models read (e.g. an amount over a minute positive balance): no model can score them.
+
+    Args:
+        names: The matrix's columns.
+        matrix: Feature values, one row per transaction (float32 or float64).
+        limit: Most pairs returned.
+    """
+    if matrix.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            matrix = matrix.astype(np.float32)
+    infinite = np.isinf(matrix)
+    if not infinite.any():
+        return []
+    rows, columns = np.nonzero(infinite)
+    return [(int(r), names[c]) for r, c in zip(rows[:limit], columns[:limit], strict=True)]
 
 
 def numeric_features(
@@ -154,8 +179,9 @@ def compute_features(
     names = spec.feature_names()
     # column-major: each feature is written contiguously (and pandas keeps blocks that way)
     matrix = np.empty((len(frame), len(names)), dtype=np.float32, order="F")
-    for i, name in enumerate(names):
-        matrix[:, i] = features[name]
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused before scoring (overflowing)
+        for i, name in enumerate(names):
+            matrix[:, i] = features[name]
     return pd.DataFrame(matrix, columns=names, index=frame.index)
 
 
