@@ -9,12 +9,16 @@
   (default alias ``champion``), e.g. ``s3://fraudops#fraud-detector:champion``,
   ``file:///var/fraudops/store#fraud-detector:v3``, ``.fraudops/store#fraud-detector``. The
   bundle is downloaded with its sha256 checked per file; S3/MinIO settings come from KServe's
-  variables (``S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ...).
+  variables (``S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ...); or
+- a **bundle's prefix in a store**, as the registry writes it:
+  ``s3://fraudops/models/fraud-detector/v3`` is ``s3://fraudops#fraud-detector:v3`` (the same
+  download and checks; a local path is read as a folder instead).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -72,6 +76,10 @@ class BundleSource:
         return fetch_bundle(store, self.name, self.ref, workdir)
 
 
+_BUNDLE_KEY = re.compile(r"([a-z0-9]+://[^#]+?)/models/([a-z0-9][a-z0-9-]*)/(v\d+)/?")
+"""A bundle's prefix in a store, as the registry writes it: ``<store>/models/<name>/<vN>``."""
+
+
 def parse_model_uri(uri: str) -> BundleSource:
     """Parse ``--model_uri`` (see the module docstring).
 
@@ -91,6 +99,10 @@ def parse_model_uri(uri: str) -> BundleSource:
             )
         return BundleSource(text, store_uri=base, name=name, ref=ref or "champion")
     path = Path(unquote(urlsplit(text).path)) if text.startswith("file://") else Path(text)
+    in_store = _BUNDLE_KEY.fullmatch(text)
+    if in_store and not text.startswith("file://"):  # a bundle's own prefix in a store
+        store_uri, name, version = in_store.groups()
+        return BundleSource(text, store_uri=store_uri, name=name, ref=version)
     if "://" in text and not text.startswith("file://"):
         raise ValueError(
             f"--model_uri {uri!r}: a store needs the model in the fragment "

@@ -723,8 +723,14 @@ def test_model_uri_forms(tmp_path):
         "v3",
     )
     assert parse_model_uri(f"{tmp_path}#fraud").ref == "champion"
+    prefix = parse_model_uri("s3://fraudops/registry/models/fraud-detector/v12/")
+    assert (prefix.store_uri, prefix.name, prefix.ref) == (
+        "s3://fraudops/registry",
+        "fraud-detector",
+        "v12",
+    )
     assert parse_model_uri(f"file://{tmp_path}").folder == tmp_path
-    for bad in ("s3://fraudops", "#", str(tmp_path / "missing")):
+    for bad in ("s3://fraudops", "#", str(tmp_path / "missing"), "s3://b/models/x/latest"):
         with pytest.raises(ValueError, match="model_uri"):
             parse_model_uri(bad)
 
