@@ -3,7 +3,7 @@
 KServe serves ``POST /v1/models/<name>:predict`` and ``POST /v2/models/<name>/infer`` through
 FastAPI routes. On the V2 route that costs more than scoring does: FastAPI parses the body with
 the standard library's ``json``, validates the Python objects with pydantic and encodes the
-response through ``jsonable_encoder``. On this machine an empty KServe model spends 2.6-3.0
+response through ``jsonable_encoder``. On this machine an empty KServe model spends 2.2-3.0
 times the server time on a V2 request that it spends on a V1 one (``benchmarks/RESULTS.md``).
 
 :class:`serving.http.ScoringMiddleware` hands plain-JSON scoring requests for a model it serves
