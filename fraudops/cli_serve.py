@@ -21,15 +21,15 @@ def model_uri_for(model: str, model_name: str, store: str) -> str:
     Args:
         model: A version (``v3``, ``latest``) or alias (``champion``, ``canary``) of
             ``model_name``; ``name[:version|alias]`` (a bare name: its champion); or a bundle
-            folder.
+            folder (a folder named like a version or alias needs a path: ``./champion``).
         model_name: The registered model a bare version or alias refers to.
         store: The store's URI.
     """
+    if _VERSION.fullmatch(model) or model in ALIASES:  # before folders: ./champion is not one
+        return f"{store}#{model_name}:{model}"
     if Path(model).is_dir():
         return model
-    name, colon, ref = model.partition(":")
-    if not colon and (_VERSION.fullmatch(model) or model in ALIASES):
-        name, ref = model_name, model
+    name, _, ref = model.partition(":")
     return f"{store}#{name}:{ref or 'champion'}"
 
 

@@ -136,8 +136,8 @@ def _nonstandard_numbers(body: bytes, error: orjson.JSONDecodeError) -> object:
     format`` error.
     """
     refusal = InvalidInput(f"Unrecognized request format: {error}")
-    try:
-        payload = json.loads(body)
+    try:  # UTF-8 only, as orjson: json.loads would also guess UTF-16 or a BOM from bytes
+        payload = json.loads(body.decode("utf-8"))
         orjson.dumps(payload)  # what orjson cannot write back is refused as before
     except (ValueError, TypeError, RecursionError):
         raise refusal from None

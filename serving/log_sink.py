@@ -164,10 +164,12 @@ def _request_batch(protocol: str, payload: Any) -> TransactionBatch:
 
 def _response_scores(
     protocol: str, payload: Any, parsed: dict
-) -> tuple[str, str, list[str], Scored]:
+) -> tuple[str, str, list[str] | None, Scored]:
+    ids: list[str] | None = None  # a V2 request may have asked for other outputs only
     if protocol == "v2":
         out = {o.name: o for o in payload.outputs}
-        ids = [_text(t) for t in out["transaction_id"].as_numpy().ravel().tolist()]
+        if "transaction_id" in out:
+            ids = [_text(t) for t in out["transaction_id"].as_numpy().ravel().tolist()]
         score = np.asarray(out["score"].as_numpy(), dtype=np.float64).ravel()
         decisions = [_text(d) for d in out["decision"].as_numpy().ravel().tolist()]
         reasons: list[list[str]] = [[] for _ in score]
@@ -183,7 +185,11 @@ def _response_scores(
         decisions = [p["decision"] for p in predictions]
         reasons = [list(p.get("reasons") or []) for p in predictions]
         model = payload.get("model_name", "")
-        version = payload.get("model_version") or (predictions[0].get("model_version", ""))
+        version = payload.get("model_version") or (
+            predictions[0].get("model_version", "") if predictions else ""
+        )
+    if len(decisions) != len(score):
+        raise SinkError(f"{len(score)} score(s) but {len(decisions)} decision(s)")
     unknown = sorted({repr(d) for d in decisions} - {"'alert'", "'pass'"})
     if unknown:
         raise SinkError(f"decision must be 'alert' or 'pass', got {', '.join(unknown[:3])}")
@@ -214,14 +220,14 @@ def records_from_pair(request: Event, response: Event) -> list[dict[str, Any]]:
         model, version, ids, scored = _response_scores(protocol, res, parsed)
     except ServingError as e:
         raise SinkError(f"request {request.id}: {e}") from e
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise SinkError(f"response {response.id}: not a fraudops response ({e!r})") from e
-    if len(scored.score) != len(batch) or len(ids) != len(batch):
+    if len(scored.score) != len(batch) or (ids is not None and len(ids) != len(batch)):
         raise SinkError(
             f"{request.id}: the request has {len(batch)} transaction(s), the response "
             f"{len(scored.score)}"
         )
-    pairs = zip(batch.transaction_id, ids, strict=True)
+    pairs = zip(batch.transaction_id, ids or batch.transaction_id, strict=True)
     mismatch = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
     if mismatch is not None:
         raise SinkError(
@@ -261,6 +267,8 @@ class EventPairer:
         metrics: ServingMetrics | None = None,
         max_pending: int = 100_000,
     ) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self.timeout = timeout
         self.metrics = metrics
         self.max_pending = max_pending
@@ -425,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max_body_bytes", type=int, default=64 * 1024 * 1024, help="Largest event body."
     )
     args = parser.parse_args(argv)
+    for name in ("max_pending", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         store = open_store(args.store)

@@ -41,13 +41,14 @@ _PYTHON_CHECKS = 8
 _MS = timedelta(milliseconds=1)
 _ISO_8601 = re.compile(
     r"\d{4}(?:-\d{2}-\d{2}|\d{4})"  # extended or basic calendar date
-    r"(?:[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d*)?)?)?"  # hours, minutes, seconds, fraction
+    r"(?:[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{0,18})?)?)?"  # hours, minutes, seconds, fraction
     r"(?: ?(?:Z|[+-]\d{2}(?::?\d{2})?))?)?"  # UTC or an offset in hours and minutes
 )
 """The ISO 8601 forms both ``datetime.fromisoformat`` and batch validation (pandas'
 ``format="ISO8601"``) read. Python alone also reads week dates (``2026-W20-6``), decimal
-commas, offsets with seconds and any separator character: a timestamp the server accepted must
-stay readable by pandas (the inference log's replay, the drift job)."""
+commas, offsets with seconds, any separator character and fractions of more than 18 digits:
+a timestamp the server accepted must stay readable by pandas (the inference log's replay, the
+drift job)."""
 NUMERIC_DATATYPES = frozenset(
     {
         "FP64",

@@ -260,6 +260,7 @@ BAD_REQUESTS = [  # (path, body, content type, status, part of the error message
     (V1, b'{"instances": [{"amount": NaN}]}', "application/json", 400, "amount: not a finite"),
     (V1, b'{"instances": [{"amount": NaN, "x": "\\ud800"}]}', "application/json", 400, "format"),
     (V1, b"\xff\xfe", "application/json", 400, "Unrecognized request format"),
+    (V1, '{"instances": [NaN]}'.encode("utf-16"), "application/json", 400, "Unrecognized"),
     (V1, {"instances": []}, "application/json", 400, '"instances" is empty'),
     (V1, {"instances": [_valid()] * (MAX_BATCH + 1)}, "application/json", 413, "limit is 64"),
     (V1, {"instances": [_valid()]}, "text/plain", 415, "unsupported content type"),

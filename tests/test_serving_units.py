@@ -143,7 +143,7 @@ def iso_like(draw) -> str:
     colon = draw(st.sampled_from([":", ""]))
     time = draw(st.sampled_from(["10", f"10{colon}30", f"10{colon}30{colon}15"]))
     if time.count("1") > 1 or len(time) > 4:  # seconds present: maybe a fraction
-        time += draw(st.sampled_from(["", ".5", ".123456789", ",5", "."]))
+        time += draw(st.sampled_from(["", ".5", ".123456789", ",5", ".", "." + "1" * 19]))
     zone = draw(
         st.sampled_from(["", "Z", " Z", "z", "+05:30", "+0530", "+05", "-00:00", "+05:30:15"])
     )
@@ -641,13 +641,14 @@ def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bund
     assert not np.allclose(again, expected, rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # overflow is expected, not warned about
 def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(bundle):
     detector = FraudDetector(
         "fraud", parse_model_uri(str(bundle.folder)), ServingConfig(replay_log=False)
     )
     detector.load()
     before = detector.state.stats()
-    tiny = {**GOOD, "amount": 1e15, "account_balance": 1e-30}  # amount_to_balance 1e45
+    tiny = {**GOOD, "amount": 1e15, "account_balance": 5e-324}  # beyond even float64
     with pytest.raises(InvalidTransactions) as info:
         detector.predict({"instances": [{**GOOD, "transaction_id": "t-0"}, tiny]}, {})
     assert "transaction 1 ('t-1'): feature 'amount_to_balance' overflows" in str(info.value)
@@ -658,6 +659,7 @@ def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
     assert 0 <= ok["predictions"][0]["score"] <= 1
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_batch_scoring_names_the_transactions_whose_features_overflow(bundle):
     frame = later_transactions(5, seed=3)
     frame.loc[2, ["amount", "account_balance"]] = [1e15, 1e-30]
@@ -755,8 +757,12 @@ def test_fraudops_serve_reads_a_version_alias_or_name(model, expected):
     assert f"{source.store_uri}#{source.name}:{source.ref}" == expected
 
 
-def test_fraudops_serve_takes_a_bundle_folder(tmp_path):
+def test_fraudops_serve_takes_a_bundle_folder(tmp_path, monkeypatch):
     assert model_uri_for(str(tmp_path), "fraud", "s3://b") == str(tmp_path)
+    (tmp_path / "champion").mkdir()
+    monkeypatch.chdir(tmp_path)  # a folder named like the alias does not shadow it
+    assert model_uri_for("champion", "fraud", "s3://b") == "s3://b#fraud:champion"
+    assert model_uri_for("./champion", "fraud", "s3://b") == "./champion"
 
 
 # -- inference log ------------------------------------------------------------------------
@@ -901,6 +907,29 @@ def test_sink_pairs_in_either_order_and_expires_orphans():
     assert pairer.expire(now=time.monotonic() + 11) == 1 and len(pairer) == 0
 
 
+def _v2_response(decisions: list[str], scores: tuple[float, ...] = (0.9,)) -> dict:
+    """A V2 response with the outputs a request asked for: score and decision, no ids."""
+    return {
+        "model_name": "fraud",
+        "model_version": "v1",
+        "id": "r",
+        "outputs": [
+            {"name": "score", "shape": [len(scores)], "datatype": "FP64", "data": list(scores)},
+            {"name": "decision", "shape": [len(decisions)], "datatype": "BYTES", "data": decisions},
+        ],
+    }
+
+
+def test_sink_logs_a_v2_pair_whose_request_asked_for_some_outputs_only():
+    t0 = datetime(2026, 5, 16, tzinfo=UTC)
+    request = {"inputs": tensors([GOOD]), "outputs": [{"name": "score"}, {"name": "decision"}]}
+    req = _event(REQUEST_TYPE, request, "a", t0)
+    (record,) = records_from_pair(req, _event(RESPONSE_TYPE, _v2_response(["alert"]), "a", t0))
+    assert record["transaction"]["transaction_id"] == "t-1" and record["decision"] == "alert"
+    with pytest.raises(ValueError, match="max_pending must be at least 1"):
+        EventPairer(max_pending=0)
+
+
 def _v1_response(**change) -> dict:
     prediction = {"transaction_id": "t-1", "score": 0.9, "decision": "alert", "reasons": []}
     return {"model_name": "fraud", "model_version": "v1", "predictions": [{**prediction, **change}]}
@@ -917,6 +946,8 @@ def _v1_response(**change) -> dict:
             "model_version must be a string",
         ),
         ({"inputs": [5]}, {"outputs": []}, "malformed V2 request"),
+        ({"inputs": tensors([GOOD])}, _v2_response(["alert", "pass"]), "1 score(s) but 2 decision"),
+        ({"instances": [GOOD]}, {"model_name": "fraud", "predictions": []}, "the response 0"),
         (
             {"instances": [GOOD, {**GOOD, "transaction_id": "t-2"}]},
             _v1_response(),

@@ -72,7 +72,7 @@ def numeric_features(
         Feature name -> values.
     """
     balance = numeric["account_balance"]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # see overflowing()
         out = {
             "amount": amount,
             "log_amount": np.log1p(amount),
