@@ -497,6 +497,39 @@ def test_fuzzed_bad_requests_never_get_a_5xx_and_say_what_is_wrong(server, case)
         assert word in message, (word, message)
 
 
+@st.composite
+def bad_envelope(draw):
+    """A request whose transactions are fine but whose envelope is not: an empty or oversized
+    batch, JSON cut short, or a wrong content type; and the status and words expected."""
+    path = draw(st.sampled_from([V1, V2]))
+    how = draw(st.sampled_from(["empty", "oversized", "truncated", "content_type"]))
+    n = {"empty": 0, "oversized": MAX_BATCH + draw(st.integers(1, 5))}.get(how, 3)
+    rows = [_valid(str(i)) for i in range(n)]
+    body = {"instances": rows} if path == V1 else {"inputs": tensors(rows)}
+    if how == "empty":
+        return path, body, "application/json", 400, ["is empty"]
+    if how == "oversized":
+        return path, body, "application/json", 413, ["the limit is 64"]
+    if how == "truncated":  # cut anywhere before the last byte: never valid JSON
+        text = json.dumps(body).encode()
+        cut = draw(st.integers(1, len(text) - 1))
+        words = ["Unrecognized request format"] if path == V1 else ["JSON"]
+        return path, text[:cut], "application/json", 400, words
+    kind = draw(st.sampled_from(["text/plain", "text/csv", "application/xml", "image/png"]))
+    return path, body, kind, 415, [f"unsupported content type {kind!r}"]
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(bad_envelope())
+def test_fuzzed_bad_envelopes_get_their_4xx_and_say_what_is_wrong(server, case):
+    path, body, content_type, status, mentions = case
+    response = _post(server, path, body, content_type)
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    for word in mentions:
+        assert word in message, (word, message)
+
+
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
     st.floats(0, 1e15),
