@@ -26,7 +26,10 @@ from components.model import FraudModel
 from components.store import ChecksumMismatchError, ObjectNotFoundError, ObjectStore, StoreError
 
 __all__ = [
+    "ALIASES",
     "MANIFEST",
+    "NAME_PATTERN",
+    "VERSION_PATTERN",
     "Bundle",
     "BundleError",
     "BundleIntegrityError",
@@ -42,7 +45,11 @@ __all__ = [
 
 MANIFEST = "MANIFEST.json"
 ALIASES = ("champion", "canary")
-_VERSION = re.compile(r"^v(\d+)$")
+NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+"""A registered model's name (a Kubernetes name)."""
+VERSION_PATTERN = r"v\d+"
+"""A registered version: ``v1``, ``v2``, ..."""
+_VERSION = re.compile(VERSION_PATTERN)
 
 
 class BundleError(StoreError):
@@ -61,7 +68,7 @@ def _code_version() -> str:
 
 
 def _prefix(name: str) -> str:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise BundleError(
             f"model name {name!r}: use lower-case letters, digits and '-' (a Kubernetes name)"
         )
@@ -73,7 +80,7 @@ def list_versions(store: ObjectStore, name: str) -> list[str]:
     found = []
     for key in store.list(f"{_prefix(name)}/"):
         parts = key.split("/")
-        if len(parts) == 4 and parts[3] == MANIFEST and _VERSION.match(parts[2]):
+        if len(parts) == 4 and parts[3] == MANIFEST and _VERSION.fullmatch(parts[2]):
             found.append(parts[2])
     return sorted(found, key=lambda v: int(v[1:]))
 
@@ -89,7 +96,7 @@ def resolve(store: ObjectStore, name: str, ref: str) -> str:
         if not versions:
             raise BundleError(f"model {name!r} has no registered version in {store.uri}")
         return versions[-1]
-    if _VERSION.match(ref):
+    if _VERSION.fullmatch(ref):
         if ref not in versions:
             raise BundleError(
                 f"model {name!r} has no version {ref} in {store.uri} "

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from components.bundle import ALIASES
+from components.bundle import ALIASES, VERSION_PATTERN
 from fraudops.errors import friendly_errors
 from fraudops.options import DEFAULT_MODEL_NAME, ModelNameOpt, StoreOpt, store_uri
 
-_VERSION = re.compile(r"v\d+|latest")
+_VERSION = re.compile(rf"{VERSION_PATTERN}|latest")
 
 
 def model_uri_for(model: str, model_name: str, store: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from components.bundle import MANIFEST, Bundle, fetch_bundle
+from components.bundle import MANIFEST, NAME_PATTERN, VERSION_PATTERN, Bundle, fetch_bundle
 from components.store import ObjectStore, open_store
 
 __all__ = ["BundleSource", "parse_model_uri"]
@@ -76,7 +76,7 @@ class BundleSource:
         return fetch_bundle(store, self.name, self.ref, workdir)
 
 
-_BUNDLE_KEY = re.compile(r"([a-z0-9]+://[^#]+?)/models/([a-z0-9][a-z0-9-]*)/(v\d+)/?")
+_BUNDLE_KEY = re.compile(rf"([a-z0-9]+://[^#]+?)/models/({NAME_PATTERN})/({VERSION_PATTERN})/?")
 """A bundle's prefix in a store, as the registry writes it: ``<store>/models/<name>/<vN>``."""
 
 
