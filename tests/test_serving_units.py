@@ -1211,6 +1211,17 @@ def test_direct_v2_parser_builds_what_kserves_route_builds(document):
     )
 
 
+@pytest.mark.parametrize("number", ["-9223372036854775809", "18446744073709551616", "1" * 30])
+def test_direct_v2_parser_keeps_integers_beyond_64_bits_exact(number):
+    """orjson reads these as floats; KServe's route (pydantic) as the exact integers."""
+    tensor = {"name": "amount", "shape": [1], "datatype": "FP64", "data": ["N"]}
+    body = json.dumps({"inputs": [tensor]}).replace('"N"', number).encode()
+    assert parse_v2(body, "fraud-detector").inputs[0].data == [int(number)]
+    assert _described(lambda b: parse_v2(b, "fraud-detector"), body) == _described(
+        _kserve_v2_request, body
+    )
+
+
 def test_direct_v2_parser_reads_a_plain_request_without_pydantic():
     """The benchmark's and tritonclient's JSON shape takes the orjson path (the property test
     above would pass with the pydantic path alone)."""
