@@ -95,6 +95,8 @@ def serve(
         reasons_for,
         "--max_batch",
         str(max_batch),
+        "--load_retry_seconds",  # at a terminal a bundle that cannot load is an error now
+        "0",  # (after --, --load_retry_seconds 30 serves unready and retries instead)
     ]
     if log_store:
         argv += ["--log_store", log_store]

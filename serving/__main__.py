@@ -26,6 +26,7 @@ from kserve.errors import ModelMissingError
 from kserve.utils.utils import strtobool
 
 from components.lifetime import die_with_parent
+from serving.load_retry import LoadRetry
 
 __all__ = ["LocalModelServer", "build_parser", "main"]
 
@@ -87,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         "s3://fraudops#fraud-detector:champion or .fraudops/store#fraud-detector:v3.",
     )
     group.add_argument("--host", default="0.0.0.0", help="Address the HTTP server binds to.")
+    group.add_argument(
+        "--load_retry_seconds",
+        type=float,
+        default=30.0,
+        help="When the bundle cannot be loaded at start (store down, version not uploaded, a "
+        "file failing its sha256): serve anyway with the model unready (503 with the reason on "
+        "/v2/health/ready and the model's routes, 200 on /v2/health/live) and retry every this "
+        "many seconds. 0: exit with status 1 instead, as KServe's own servers do.",
+    )
     group.add_argument(
         "--log_store",
         default=None,
@@ -193,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers,
         )
         return 2
+    if args.load_retry_seconds < 0:
+        log.error(
+            "--load_retry_seconds must be 0 (exit) or positive, got %g", args.load_retry_seconds
+        )
+        return 2
 
     from components.store import StoreError, open_store
     from serving.http import install
@@ -235,15 +250,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_store=log_store,
         workdir=Path(args.bundle_dir) if args.bundle_dir else None,
     )
+    versions = {name: ""}  # metric labels; shared with the middleware, filled in once loaded
+    retry = None
+
+    def loaded() -> None:
+        versions[name] = model.version
+        # Everything loaded so far (libraries, model, online state) lives as long as the
+        # process: keep it out of the garbage collector's full passes, which pause requests.
+        gc.collect()
+        gc.freeze()
+
     try:
         model.load()
+        loaded()
     except ModelMissingError as e:
         log.error("model not ready: %s", e)
-        return 1
-    # Everything loaded so far (libraries, model, online state) lives as long as the process:
-    # keep it out of the garbage collector's full passes, which otherwise pause requests.
-    gc.collect()
-    gc.freeze()
+        if not args.load_retry_seconds:
+            return 1
+        log.error(
+            "serving %s unready (503 with this reason); retrying every %g s (--load_retry_seconds)",
+            name,
+            args.load_retry_seconds,
+        )
+        retry = LoadRetry(model, args.load_retry_seconds, loaded)
     server = LocalModelServer(
         host=args.host,
         http_port=args.http_port,
@@ -261,13 +290,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     install(
         kserve.model_server.app,
         metrics,
-        {name: model.version},
+        versions,
         args.max_body_bytes,
         direct={name: model} if args.direct_routes else None,
+        served={name: model},
     )
+    # registered whether ready or not (KServe's start() refuses a server with no ready model)
+    server.register_model(model)
+    model.enable_latency_logging = args.enable_latency_logging
+    if retry is not None:
+        retry.start()
     try:
-        server.start([model])
+        server.start([])
     finally:
+        if retry is not None:
+            retry.stop()
         model.close()
     return 0
 

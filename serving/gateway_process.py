@@ -84,6 +84,8 @@ class ModelServerProcess:
             str(self.port),
             "--grpc_port",
             str(free_port(host)),
+            "--load_retry_seconds",  # a bundle that cannot load fails the launch, with its log
+            "0",
         ]
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self._out = log_file.open("wb")

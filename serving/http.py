@@ -13,6 +13,15 @@
   :mod:`serving.direct_routes`, which answers them as KServe's routes would without FastAPI's
   per-request cost; everything else goes on to KServe's routes.
 
+On every path (not only the scoring routes) it also answers for a model in ``served`` that is
+not ready (its bundle failed to load; the server retries, see :mod:`serving.load_retry`): any
+``/v1/models/<name>...`` or ``/v2/models/<name>...`` request gets KServe's **503**
+``Model with name <name> is not ready.`` followed by the reason, and ``/v2/health/ready``
+answers 503 too (the Open Inference Protocol's server readiness means every model is ready;
+KServe's own endpoint answers 200 whatever the models' state, so a readiness probe on it
+would send traffic to a server that cannot score). Those requests never reach KServe's
+routes, whose ``get_model`` would call ``load()`` inside the request.
+
 :func:`install` also registers handlers for :mod:`serving.errors` (413, 415, 400) and for
 FastAPI's body validation (a V2 body that is not JSON or not an inference request: 400 instead
 of FastAPI's 422 ``{"detail": ...}``) and for HTTP errors raised by FastAPI itself (e.g. a body
@@ -42,6 +51,8 @@ __all__ = ["RequestContext", "ScoringMiddleware", "current_request", "install"]
 
 _V1 = re.compile(r"^/v1/models/([^/:]+):predict$")
 _V2 = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+_MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
+SERVER_READY_PATH = "/v2/health/ready"
 JSON_TYPES = frozenset({"application/json", "application/cloudevents+json"})
 V2_BINARY = "application/octet-stream"
 
@@ -103,6 +114,8 @@ class ScoringMiddleware:
         direct: Model name -> model whose plain-JSON requests :mod:`serving.direct_routes`
             answers instead of KServe's routes.
         handlers: The app's exception handlers, for those direct answers.
+        served: Model name -> model (``ready``, ``not_ready_reason()``) whose readiness the
+            middleware answers for while it is not ready (see the module docstring).
     """
 
     def __init__(
@@ -113,8 +126,10 @@ class ScoringMiddleware:
         max_body_bytes: int = 64 * 1024 * 1024,
         direct: dict[str, Any] | None = None,
         handlers: dict[Any, Callable] | None = None,
+        served: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
+        self.served = served or {}
         self.metrics = metrics
         self.versions = versions
         self.max_body_bytes = max_body_bytes
@@ -123,18 +138,22 @@ class ScoringMiddleware:
         self._series: dict[tuple, tuple] = {}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        match = _V1.match(path)
-        protocol = "v1"
-        if match is None:
-            match = _V2.match(path)
-            protocol = "v2"
+        match, protocol = None, "v1"
+        if scope["method"] == "POST":
+            match = _V1.match(path)
             if match is None:
+                match, protocol = _V2.match(path), "v2"
+        if match is None:  # not a scoring request
+            not_ready = self._not_ready(path) if self.served else None
+            if not_ready is None:
                 await self.app(scope, receive, send)
-                return
+            else:
+                await _respond(send, 503, not_ready)
+            return
         ctx = RequestContext(protocol, match.group(1), time.perf_counter())
         status = [0]
 
@@ -145,6 +164,9 @@ class ScoringMiddleware:
 
         try:
             refusal = self._check_headers(scope, protocol)
+            served = self.served.get(ctx.model)
+            if refusal is None and served is not None and not served.ready:
+                refusal = (503, "not_ready", _not_ready_message(ctx.model, served))
             if refusal is None:
                 body, refusal = await self._read_body(receive)
             if refusal is not None:
@@ -183,6 +205,21 @@ class ScoringMiddleware:
                     _CONTEXT.reset(token)
         finally:
             self._count(ctx, status[0] or 500)
+
+    def _not_ready(self, path: str) -> str | None:
+        """The 503 message for a request about a served model that is not ready, if any."""
+        if path == SERVER_READY_PATH:
+            waiting = [name for name, model in self.served.items() if not model.ready]
+            if not waiting:
+                return None
+            return "Server is not ready: " + " ".join(
+                _not_ready_message(name, self.served[name]) for name in waiting
+            )
+        match = _MODEL_PATH.match(path)
+        model = self.served.get(match.group(1)) if match is not None else None
+        if model is None or model.ready:
+            return None
+        return _not_ready_message(match.group(1), model)
 
     def _check_headers(self, scope: dict, protocol: str) -> tuple[int, str, str] | None:
         headers = scope["headers"]
@@ -278,6 +315,11 @@ class ScoringMiddleware:
             m.errors.labels(model, ctx.protocol, kind).inc()
 
 
+def _not_ready_message(name: str, model: Any) -> str:
+    # KServe's ModelNotReady text, then the model's reason (e.g. the file that failed its check)
+    return f"Model with name {name} is not ready. {model.not_ready_reason()}".rstrip()
+
+
 async def _respond(send: Callable, status: int, message: str) -> None:
     body = _error_body(message)
     await send(
@@ -337,6 +379,7 @@ def install(
     versions: dict[str, str],
     max_body_bytes: int,
     direct: dict[str, Any] | None = None,
+    served: dict[str, Any] | None = None,
 ) -> None:
     """Add the middleware and the error handlers to KServe's app (before the server starts).
 
@@ -347,6 +390,7 @@ def install(
         max_body_bytes: Largest request body accepted.
         direct: Models whose plain-JSON scoring requests skip FastAPI's route
             (:mod:`serving.direct_routes`); ``None``: KServe's routes answer everything.
+        served: Models whose readiness the middleware answers for while they are not ready.
     """
     app.add_middleware(
         ScoringMiddleware,
@@ -355,6 +399,7 @@ def install(
         max_body_bytes=max_body_bytes,
         direct=direct,
         handlers=app.exception_handlers,  # the dict itself: KServe adds its handlers later
+        served=served,
     )
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

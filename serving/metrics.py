@@ -15,6 +15,9 @@ KServe's own ``/metrics`` endpoint on the HTTP port exposes them next to KServe'
                                                            rate(transactions))
 ``fraudops_serving_score``                                 score distribution (histogram)
 ``fraudops_serving_errors_total``                          refused or failed requests by kind
+``fraudops_model_ready``                                   1 once the bundle is loaded, 0 while
+                                                           its load fails (retried)
+``fraudops_model_load_failures_total``                     failed load attempts
 ``fraudops_online_state_entities``/``_rows``               online state size by kind
 ``fraudops_inference_log_queued``                          records waiting for the store
 ``fraudops_inference_log_written_total``                   records written
@@ -150,6 +153,19 @@ class ServingMetrics:
             "Refused or failed scoring requests by kind (invalid_input, empty_batch, "
             "payload_too_large, unsupported_media_type, model_not_found, not_ready, internal).",
             ("model", "protocol", "kind"),
+            **kw,
+        )
+        self.model_ready = Gauge(
+            "fraudops_model_ready",
+            "1 once the model's bundle is loaded and it scores; 0 while its load fails "
+            "(the server stays up unready and retries, see --load_retry_seconds).",
+            ("model",),
+            **kw,
+        )
+        self.load_failures = Counter(
+            "fraudops_model_load_failures",
+            "Failed attempts to load the model's bundle (fetch, checksum or deserialisation).",
+            ("model",),
             **kw,
         )
         self.state_entities = Gauge(

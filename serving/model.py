@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -124,16 +125,47 @@ class FraudDetector(Model):
         self.bundle: Bundle | None = None
         self._series: dict[str, tuple] = {}
         self._tmpdir: Path | None = None
+        self.load_error: str | None = None
+        self.load_attempts = 0
+        self._load_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def load(self) -> bool:
         """Fetch and verify the bundle, seed the online state, start the log writer.
 
+        One load at a time (a retry in the background and KServe's own call cannot overlap).
+        A failure is kept in :attr:`load_error` (the reason a 503 gives) and counted.
+
         Raises:
             ModelMissingError: the bundle cannot be fetched, is incomplete or was tampered
                 with; the message says which file and why.
         """
+        with self._load_lock:
+            self.load_attempts += 1
+            try:
+                self._load()
+            except Exception as e:
+                missing = isinstance(e, ModelMissingError)
+                self.load_error = str(e) if missing else f"{type(e).__name__}: {e}"
+                if self.metrics is not None:
+                    self.metrics.load_failures.labels(self.name).inc()
+                    self.metrics.model_ready.labels(self.name).set(0)
+                raise
+            self.load_error = None
+            if self.metrics is not None:
+                self.metrics.model_ready.labels(self.name).set(1)
+            return self.ready
+
+    def not_ready_reason(self) -> str:
+        """Why the model does not score yet, for a 503 (empty once it is ready)."""
+        if self.ready:
+            return ""
+        if self.load_error is None:
+            return "Its bundle is loading."
+        return f"Its bundle failed to load ({self.load_attempts} attempt(s)): {self.load_error}"
+
+    def _load(self) -> None:
         workdir = self.workdir
         if workdir is None and self.source.folder is None:  # a download; removed by close()
             workdir = self._tmpdir = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
@@ -199,7 +231,6 @@ class FraudDetector(Model):
             self.source.uri,
         )
         self.ready = True
-        return self.ready
 
     def _replay(self, state: InMemoryOnlineState, snapshot: pd.DataFrame, days: float) -> int:
         """Add logged transactions newer than the snapshot (a restart keeps its history).

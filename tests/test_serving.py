@@ -647,7 +647,7 @@ def test_sigterm_writes_every_record_before_exiting(trained, tmp_path):
     assert len({r["id"] for r in records}) == len(rows)
 
 
-def test_a_tampered_bundle_is_refused_with_the_reason(bundle, tmp_path):
+def test_a_tampered_bundle_exits_with_the_reason_when_retries_are_off(bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(bundle.folder, copy)
     (copy / "model" / "model.json").write_bytes(b"{}")
@@ -660,6 +660,8 @@ def test_a_tampered_bundle_is_refused_with_the_reason(bundle, tmp_path):
             str(copy),
             "--http_port",
             str(free_port()),
+            "--load_retry_seconds",
+            "0",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -668,6 +670,61 @@ def test_a_tampered_bundle_is_refused_with_the_reason(bundle, tmp_path):
     )
     assert result.returncode == 1
     assert "model not ready" in result.stderr and "model/model.json has sha256" in result.stderr
+
+
+def test_a_bundle_that_cannot_load_serves_unready_with_the_reason_until_repaired(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.folder, copy)
+    model_file = copy / "model" / "model.json"
+    original = model_file.read_bytes()
+    model_file.write_bytes(b"{}")
+    proc = ServerProcess(
+        "serving",
+        ["--model_uri", str(copy), "--load_retry_seconds", "0.3"],
+        tmp_path / "server.log",
+        ready_path="/v2/health/live",  # alive, not ready
+    )
+    row = instance(later_transactions(1, seed=12).iloc[0])
+    try:
+        proc.wait_ready(90)
+        with httpx.Client(base_url=proc.url, timeout=30) as client:
+            answers = {
+                "server ready": client.get("/v2/health/ready"),
+                "v1 model": client.get(f"/v1/models/{MODEL}"),
+                "v2 model ready": client.get(f"/v2/models/{MODEL}/ready"),
+                "v2 metadata": client.get(f"/v2/models/{MODEL}"),
+                "v1 predict": client.post(V1, json={"instances": [row]}),
+                "v2 infer": client.post(V2, json={"inputs": tensors([row])}),
+            }
+            for what, answer in answers.items():
+                assert answer.status_code == 503, (what, answer.text)
+                error = answer.json()["error"]
+                assert f"Model with name {MODEL} is not ready." in error, (what, error)
+                assert "model/model.json has sha256" in error, (what, error)
+            assert client.get("/v2/health/live").status_code == 200
+            deadline = time.monotonic() + 30
+            while _value(_metrics(proc), "fraudops_model_load_failures_total", model=MODEL) < 3:
+                assert time.monotonic() < deadline, proc.output()
+                time.sleep(0.2)  # retried in the background, still failing
+            metrics = _metrics(proc)
+            assert _value(metrics, "fraudops_model_ready", model=MODEL) == 0
+            assert _value(metrics, "fraudops_serving_errors_total", kind="not_ready") == 2
+
+            model_file.write_bytes(original)  # repaired: the next attempt loads it
+            deadline = time.monotonic() + 60
+            while client.get("/v2/health/ready").status_code != 200:
+                assert time.monotonic() < deadline, proc.output()
+                time.sleep(0.2)
+            assert client.get(f"/v1/models/{MODEL}").json() == {"name": MODEL, "ready": True}
+            scored = client.post(V1, json={"instances": [row]})
+            assert scored.status_code == 200, scored.text
+            assert 0.0 <= scored.json()["predictions"][0]["score"] <= 1.0
+            assert _value(_metrics(proc), "fraudops_model_ready", model=MODEL) == 1
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.output()
+    log = (tmp_path / "server.log").read_text()
+    assert "retrying every 0.3 s" in log and f"model {MODEL} is ready after" in log
 
 
 # -- the log sink -------------------------------------------------------------------------
