@@ -369,7 +369,7 @@ def _canary(run: _Run, url: str, stable: str, canary: str, step_seconds: float |
     step_seconds = step_seconds or {"tiny": 5.0, "small": 8.0}.get(run.scale, 15.0)
     changed = run.frames["changed"]
     traffic = changed[changed["timestamp"] >= _retrain_cut(changed)]
-    batch = 10 if run.scale == "tiny" else 25  # enough traffic to judge, and to last the steps
+    batch = 5 if run.scale == "tiny" else 25  # enough traffic to judge, and to last the steps
     stop = threading.Event()
     stats: dict[str, Any] = {}
     started = datetime.now(UTC)
