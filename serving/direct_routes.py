@@ -213,7 +213,8 @@ def _plain_request(document: dict, model_name: str) -> InferRequest | None:
         )
         if type(name) is not str or type(datatype) is not str or type(data) is not list:
             return None
-        if type(shape) is not list or not all(type(d) is int for d in shape):
+        column = type(shape) is list and len(shape) == 1 and type(shape[0]) is int  # [n], fast
+        if not column and (type(shape) is not list or not all(type(d) is int for d in shape)):
             return None
         if datatype == "FP16" and data:  # from_inference_request refuses it: let it say so
             return None

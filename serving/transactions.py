@@ -559,6 +559,8 @@ def _is_count(d: object) -> bool:
 def _is_column_shape(shape: list) -> bool:
     """``[n]`` or ``[n, 1]`` with whole numbers (no bools), ``n >= 0``."""
     if len(shape) == 1:
+        if type(shape[0]) is int:
+            return shape[0] >= 0
         return _is_count(shape[0]) and shape[0] >= 0
     return (
         len(shape) == 2
@@ -571,6 +573,8 @@ def _is_column_shape(shape: list) -> bool:
 
 def _tensor_data(tensor: Any, name: str, problems: _Problems) -> list[object] | None:
     data = tensor.data
+    if type(data) is list and data and type(data[0]) is not list:
+        return data  # JSON data of shape [n], the common case: what _flat returns for it
     raw = getattr(tensor, "_raw_data", None)
     if (data is None or (isinstance(data, list) and not data)) and raw is not None:
         try:
