@@ -26,7 +26,7 @@ from kserve.errors import ModelMissingError
 from kserve.utils.utils import strtobool
 
 from components.lifetime import die_with_parent
-from serving.load_retry import LoadRetry
+from serving.load_retry import LoadRetry, check_interval
 
 __all__ = ["LocalModelServer", "build_parser", "main"]
 
@@ -92,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--load_retry_seconds",
         type=float,
         default=30.0,
-        help="When the bundle cannot be loaded at start (store down, version not uploaded, a "
-        "file failing its sha256): serve anyway with the model unready (503 with the reason on "
-        "/v2/health/ready and the model's routes, 200 on /v2/health/live) and retry every this "
-        "many seconds. 0: exit with status 1 instead, as KServe's own servers do.",
+        help="Start the HTTP server at once and load the bundle in the background: until it "
+        "is loaded, /v2/health/ready and the model's routes answer 503 with the reason "
+        "(/v2/health/live 200); a load that fails (store down, version not uploaded, a file "
+        "failing its sha256) is tried again every this many seconds (0.1 to 86400). 0: load "
+        "first and exit with status 1 when it fails, as KServe's own servers do.",
     )
     group.add_argument(
         "--log_store",
@@ -203,10 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers,
         )
         return 2
-    if args.load_retry_seconds < 0:
-        log.error(
-            "--load_retry_seconds must be 0 (exit) or positive, got %g", args.load_retry_seconds
-        )
+    problem = check_interval(args.load_retry_seconds)
+    if problem:
+        log.error("%s", problem)
         return 2
 
     from components.store import StoreError, open_store
@@ -260,19 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.collect()
         gc.freeze()
 
-    try:
-        model.load()
-        loaded()
-    except ModelMissingError as e:
-        log.error("model not ready: %s", e)
-        if not args.load_retry_seconds:
-            return 1
-        log.error(
-            "serving %s unready (503 with this reason); retrying every %g s (--load_retry_seconds)",
-            name,
-            args.load_retry_seconds,
-        )
+    if args.load_retry_seconds:  # load in the background, the server up meanwhile
+        model.background_loads = True
+        model.retry_seconds = args.load_retry_seconds
         retry = LoadRetry(model, args.load_retry_seconds, loaded)
+    else:
+        try:
+            model.load_bundle()
+        except ModelMissingError as e:
+            log.error("model not ready: %s", e)
+            return 1
+        loaded()
     server = LocalModelServer(
         host=args.host,
         http_port=args.http_port,

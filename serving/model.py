@@ -2,11 +2,12 @@
 
 KServe glue only; the logic is in :mod:`serving.transactions` (decode and validate),
 :mod:`serving.scorer` (features, model, decision, reasons) and :mod:`serving.log_writer`.
-Follows KServe's model contract: ``__init__(name, ...)``; ``load()`` fetches and verifies the
-bundle, seeds the online state, sets ``self.ready`` and raises ``ModelMissingError`` when it
-cannot; ``predict`` receives a dict (V1) or an ``InferRequest`` (V2) and returns the matching
-response; unexpected failures become ``InferenceError`` (HTTP 500), bad input
-``InvalidInput`` subclasses (HTTP 4xx).
+Follows KServe's model contract: ``__init__(name, ...)``; ``load()`` (``load_bundle()``) fetches
+and verifies the bundle, seeds the online state, sets ``self.ready`` and raises
+``ModelMissingError`` when it cannot (``python -m serving`` loads in the background and retries,
+see :mod:`serving.load_retry`); ``predict`` receives a dict (V1) or an ``InferRequest`` (V2)
+and returns the matching response; unexpected failures become ``InferenceError`` (HTTP 500),
+bad input ``InvalidInput`` subclasses (HTTP 4xx).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import orjson
 import pandas as pd
 from kserve import Model
-from kserve.errors import InferenceError, ModelMissingError
+from kserve.errors import InferenceError, ModelMissingError, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components.bundle import Bundle
@@ -127,48 +128,104 @@ class FraudDetector(Model):
         self._tmpdir: Path | None = None
         self.load_error: str | None = None
         self.load_attempts = 0
+        self.background_loads = False
+        self.retry_seconds: float | None = None
+        self._closed = False
         self._load_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def load(self) -> bool:
+        """KServe's hook: load the bundle now (:meth:`load_bundle`).
+
+        With :attr:`background_loads` (``python -m serving`` with ``--load_retry_seconds``),
+        loads happen only in :class:`serving.load_retry.LoadRetry`: KServe also calls
+        ``load()`` from inside a request for a model that is not ready (its ``get_model``, on
+        the event loop, e.g. for a gRPC request), which must not block the server.
+
+        Raises:
+            ModelNotReady: loads are in the background and the model is not ready (the reason
+                is in the message).
+            ModelMissingError: see :meth:`load_bundle`.
+        """
+        if not self.background_loads:
+            return self.load_bundle()
+        if not self.ready:
+            raise ModelNotReady(self.name, self.not_ready_reason())
+        return True
+
+    def load_bundle(self) -> bool:
         """Fetch and verify the bundle, seed the online state, start the log writer.
 
-        One load at a time (a retry in the background and KServe's own call cannot overlap).
-        A failure is kept in :attr:`load_error` (the reason a 503 gives) and counted.
+        One load at a time. A failure leaves nothing behind (no download, no state, no writer)
+        and is kept in :attr:`load_error` (the reason a 503 gives) and counted; a load that
+        finishes after :meth:`close` keeps nothing either.
 
         Raises:
             ModelMissingError: the bundle cannot be fetched, is incomplete or was tampered
-                with; the message says which file and why.
+                with (the message says which file and why), or the model was closed.
         """
         with self._load_lock:
+            if self._closed:
+                raise ModelMissingError(f"{self.name} was stopped; it is not loaded again")
             self.load_attempts += 1
+            download = None
+            if self.workdir is None and self.source.folder is None:  # removed by close()
+                download = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
             try:
-                self._load()
+                bundle, scorer, state, schema = self._prepare(download or self.workdir)
             except Exception as e:
-                missing = isinstance(e, ModelMissingError)
-                self.load_error = str(e) if missing else f"{type(e).__name__}: {e}"
-                if self.metrics is not None:
-                    self.metrics.load_failures.labels(self.name).inc()
-                    self.metrics.model_ready.labels(self.name).set(0)
+                if download is not None:
+                    shutil.rmtree(download, ignore_errors=True)
+                self._failed(e)
                 raise
-            self.load_error = None
+            self.bundle, self.scorer, self.state, self.schema = bundle, scorer, state, schema
+            self.version = bundle.version
+            if download is not None:
+                if self._tmpdir is not None:  # loaded before: that download is not used now
+                    shutil.rmtree(self._tmpdir, ignore_errors=True)
+                self._tmpdir = download
+            self._start_writer()
+            if self._closed:  # closed during this load, which close() could not wait for
+                self._release()
+                raise ModelMissingError(f"{self.name} was stopped while it was loading")
             if self.metrics is not None:
+                self._state_gauges()
                 self.metrics.model_ready.labels(self.name).set(1)
-            return self.ready
+            log.info(
+                "loaded %s %s (%s, threshold %.4f) from %s",
+                bundle.name,
+                bundle.version,
+                scorer.model.model_type,
+                scorer.threshold,
+                self.source.uri,
+            )
+            self.load_error = None
+            self.ready = True
+            return True
+
+    def _failed(self, error: Exception) -> None:
+        missing = isinstance(error, ModelMissingError)
+        self.load_error = str(error) if missing else f"{type(error).__name__}: {error}"
+        if self.metrics is not None:
+            self.metrics.load_failures.labels(self.name).inc()
+            self.metrics.model_ready.labels(self.name).set(0)
 
     def not_ready_reason(self) -> str:
-        """Why the model does not score yet, for a 503 (empty once it is ready)."""
+        """Why the model does not score, for a 503 (empty when it is ready)."""
         if self.ready:
             return ""
+        if self._closed:
+            return "It was stopped (unloaded, or the server is shutting down): restart the server."
         if self.load_error is None:
             return "Its bundle is loading."
-        return f"Its bundle failed to load ({self.load_attempts} attempt(s)): {self.load_error}"
+        retry = f", retried every {self.retry_seconds:g} s" if self.retry_seconds else ""
+        return f"Its bundle failed to load (attempt {self.load_attempts}{retry}): {self.load_error}"
 
-    def _load(self) -> None:
-        workdir = self.workdir
-        if workdir is None and self.source.folder is None:  # a download; removed by close()
-            workdir = self._tmpdir = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
+    def _prepare(
+        self, workdir: Path | None
+    ) -> tuple[Bundle, Scorer, OnlineState, TransactionSchema]:
+        """The verified bundle, its scorer, the online state and the request schema."""
         config = self.config
         try:
             bundle = self.source.open(workdir)
@@ -180,57 +237,50 @@ class FraudDetector(Model):
                 bundle, None, config.n_reasons, config.reasons_for, config.contributions
             )
         except (StoreError, OSError, ValueError, KeyError) as e:
-            self.close()
+            detail = str(e)
+            for where in (self.source.uri, self.source.folder):  # said once is enough
+                detail = detail.removeprefix(f"{where}: ")
             raise ModelMissingError(
-                f"cannot load the model bundle from {self.source.uri}: {e}"
+                f"cannot load the model bundle from {self.source.uri}: {detail}"
             ) from e
-        if self.state is None:
-            state = InMemoryOnlineState(spec.history_days + config.state_slack_days)
+        state = self.state  # given to the constructor, or kept from an earlier load
+        if state is None:
+            fresh = InMemoryOnlineState(spec.history_days + config.state_slack_days)
             try:
-                seeded = state.load_frame(history) if len(history) else 0
+                seeded = fresh.load_frame(history) if len(history) else 0
             except (ValueError, KeyError, TypeError) as e:
-                self.close()
                 raise ModelMissingError(
                     f"the bundle's online/snapshot.parquet from {self.source.uri} cannot seed "
                     f"the online state: {type(e).__name__}: {e}"
                 ) from e
-            replayed = self._replay(state, history, spec.history_days + config.state_slack_days)
-            self.state = state
+            replayed = self._replay(fresh, history, spec.history_days + config.state_slack_days)
             log.info(
                 "online state: %d snapshot row(s), %d replayed from the inference log",
                 seeded,
                 replayed,
             )
-        scorer.state = self.state
-        self.scorer = scorer
-        self.schema = TransactionSchema(
+            state = fresh
+        scorer.state = state
+        schema = TransactionSchema(
             extra_numeric=spec.extra_numeric,
             max_batch=config.max_batch,
             max_clock_skew_seconds=config.max_clock_skew_seconds,
         )
-        self.bundle = bundle
-        self.version = bundle.version
-        if self.log_store is not None and self.writer is None:
-            self.writer = InferenceLogWriter(
-                self.log_store,
-                max_records=config.log_max_records,
-                flush_records=config.log_flush_records,
-                flush_interval=config.log_flush_interval,
-                block_seconds=config.log_block_seconds,
-                metrics=self.metrics,
-                process=config.log_process,
-            ).start()
-        if self.metrics is not None:
-            self._state_gauges()
-        log.info(
-            "loaded %s %s (%s, threshold %.4f) from %s",
-            bundle.name,
-            bundle.version,
-            self.scorer.model.model_type,
-            self.scorer.threshold,
-            self.source.uri,
-        )
-        self.ready = True
+        return bundle, scorer, state, schema
+
+    def _start_writer(self) -> None:
+        if self.log_store is None or self.writer is not None:
+            return
+        config = self.config
+        self.writer = InferenceLogWriter(
+            self.log_store,
+            max_records=config.log_max_records,
+            flush_records=config.log_flush_records,
+            flush_interval=config.log_flush_interval,
+            block_seconds=config.log_block_seconds,
+            metrics=self.metrics,
+            process=config.log_process,
+        ).start()
 
     def _replay(self, state: InMemoryOnlineState, snapshot: pd.DataFrame, days: float) -> int:
         """Add logged transactions newer than the snapshot (a restart keeps its history).
@@ -281,11 +331,31 @@ class FraudDetector(Model):
         self.close()
         super().stop()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the model is not loaded again)."""
+        return self._closed
+
     def close(self) -> None:
-        """Flush and stop the inference-log writer, remove a downloaded bundle (idempotent)."""
+        """Flush and stop the inference-log writer, remove a downloaded bundle (idempotent).
+
+        Does not wait for a load under way (it may wait minutes on a store): that load sees
+        the model closed when it ends and releases what it made itself.
+        """
+        self._closed = True
+        if self.metrics is not None:
+            self.metrics.model_ready.labels(self.name).set(0)
+        if not self._load_lock.acquire(blocking=False):
+            return
+        try:
+            self._release()
+        finally:
+            self._load_lock.release()
+
+    def _release(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        if self._tmpdir is not None:  # everything in it was read by load()
+        if self._tmpdir is not None:  # everything in it was read by load_bundle()
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
 

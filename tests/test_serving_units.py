@@ -606,6 +606,131 @@ def test_load_refuses_a_tampered_bundle_naming_the_file(bundle, tmp_path):
     assert not model.ready
 
 
+def _from_store(tmp_path_factory, **kw) -> tuple[FraudDetector, CollectorRegistry]:
+    trained = shared_model(tmp_path_factory)
+    registry = CollectorRegistry()
+    model = FraudDetector(
+        "fraud",
+        parse_model_uri(f"{trained.store}#{trained.name}:champion"),
+        ServingConfig(log_process=False, replay_log=False),
+        metrics=ServingMetrics(registry),
+        **kw,
+    )
+    return model, registry
+
+
+def _downloads(where) -> list:
+    return sorted(where.glob("fraudops-bundle-*"))
+
+
+def test_a_failed_load_leaves_nothing_behind_and_a_later_one_works(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    import tempfile
+
+    import serving.model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where downloads go
+    model, registry = _from_store(tmp_path_factory)
+    real = serving.model.Scorer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the scorer exploded")
+
+    monkeypatch.setattr(serving.model, "Scorer", broken)  # after the download: not a store error
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="exploded"):
+            model.load_bundle()
+        assert not _downloads(tmp_path)
+    assert model.state is None and model.scorer is None and not model.ready
+    reason = "Its bundle failed to load (attempt 3): RuntimeError: the scorer exploded"
+    assert model.not_ready_reason() == reason
+    labels = {"model": "fraud"}
+    assert registry.get_sample_value("fraudops_model_load_failures_total", labels) == 3
+    assert registry.get_sample_value("fraudops_model_ready", labels) == 0
+
+    monkeypatch.setattr(serving.model, "Scorer", real)
+    assert model.load_bundle() and model.ready and model.not_ready_reason() == ""
+    assert len(_downloads(tmp_path)) == 1 and model.state is not None
+    assert registry.get_sample_value("fraudops_model_ready", labels) == 1
+    model.close()
+    assert not _downloads(tmp_path)
+    assert registry.get_sample_value("fraudops_model_ready", labels) == 0
+
+
+def test_a_load_that_ends_after_close_keeps_nothing(tmp_path_factory, tmp_path, monkeypatch):
+    import tempfile
+    import threading
+
+    from kserve.errors import ModelMissingError
+
+    import serving.model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, _ = _from_store(tmp_path_factory, log_store=LocalStore(tmp_path / "log"))
+    entered, release = threading.Event(), threading.Event()
+    real = serving.model.Scorer
+
+    def slow(*args, **kwargs):  # a load that is still under way when the server stops
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serving.model, "Scorer", slow)
+    errors: list[Exception] = []
+
+    def load() -> None:
+        try:
+            model.load_bundle()
+        except Exception as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    assert entered.wait(30)
+    started = time.monotonic()
+    model.close()
+    assert time.monotonic() - started < 1  # close() does not wait for the load
+    release.set()
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], ModelMissingError)
+    assert "was stopped while it was loading" in str(errors[0])
+    assert not model.ready and not _downloads(tmp_path)
+    assert model.writer is not None and model.writer._closing  # started, then closed
+    with pytest.raises(ModelMissingError, match="was stopped; it is not loaded again"):
+        model.load_bundle()
+    assert model.not_ready_reason().startswith("It was stopped")
+
+
+def test_kserves_load_hook_never_loads_when_loads_are_in_the_background(bundle):
+    from kserve.errors import ModelNotReady
+
+    model = FraudDetector("fraud", parse_model_uri(str(bundle.folder)))
+    model.background_loads, model.retry_seconds = True, 30.0
+    with pytest.raises(ModelNotReady, match=r"fraud is not ready\. Its bundle is loading\.$"):
+        model.load()  # what KServe's get_model calls inside a request
+    assert model.load_attempts == 0
+    assert model.load_bundle() and model.load() is True
+    model.close()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ok"),
+    [
+        *((seconds, True) for seconds in (0, 0.3, 30)),
+        *((seconds, False) for seconds in (-1, 0.01, 1e300, float("nan"), float("inf"))),
+    ],
+)
+def test_the_retry_interval_is_zero_or_a_sane_number_of_seconds(seconds, ok):
+    from serving.load_retry import LoadRetry, check_interval
+
+    assert (check_interval(seconds) is None) is ok
+    if not ok:
+        assert "--load_retry_seconds must be 0" in check_interval(seconds)
+        with pytest.raises(ValueError):
+            LoadRetry(None, seconds, lambda: None)
+
+
 def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bundle, tmp_path):
     spec, model = bundle.spec(), bundle.model()
     snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
