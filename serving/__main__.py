@@ -260,17 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.collect()
         gc.freeze()
 
+    model.on_ready = loaded  # before it reports ready: no pause once requests are scored
     if args.load_retry_seconds:  # load in the background, the server up meanwhile
         model.background_loads = True
         model.retry_seconds = args.load_retry_seconds
-        retry = LoadRetry(model, args.load_retry_seconds, loaded)
+        retry = LoadRetry(model, args.load_retry_seconds)
     else:
         try:
             model.load_bundle()
         except ModelMissingError as e:
             log.error("model not ready: %s", e)
             return 1
-        loaded()
     server = LocalModelServer(
         host=args.host,
         http_port=args.http_port,

@@ -7,8 +7,9 @@ that stalls would keep the server from even answering its liveness probe. So ``p
 serving`` (``--load_retry_seconds`` > 0) starts the HTTP server at once and loads here:
 ``/v2/health/live`` answers 200 from the start, ``/v2/health/ready`` and every request about
 the model answer 503 with the reason (:mod:`serving.http`) until a load succeeds, and a failed
-load is tried again every interval. A bundle that fails its checksum stays unready, with the
-file named in every 503, until someone repairs it.
+load is tried again every interval (an attempt also includes the store client's own retries).
+A bundle that fails its checksum stays unready, with the file named in every 503, until
+someone repairs it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from kserve.errors import ModelMissingError
@@ -50,16 +50,14 @@ class LoadRetry:
     Args:
         model: The model (a ``FraudDetector``: ``load_bundle()``, ``closed``, ``name``).
         interval: Seconds between attempts (see :func:`check_interval`).
-        on_ready: Called once, in the thread, after the load that succeeded.
     """
 
-    def __init__(self, model: Any, interval: float, on_ready: Callable[[], None]) -> None:
+    def __init__(self, model: Any, interval: float) -> None:
         problem = check_interval(interval) if interval else "the interval must be positive"
         if problem:
             raise ValueError(problem)
         self.model = model
         self.interval = interval
-        self.on_ready = on_ready
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fraudops-load", daemon=True)
 
@@ -106,5 +104,4 @@ class LoadRetry:
                 self._stop.wait(self.interval)
                 continue
             log.info("model %s is ready (attempt %d)", model.name, attempt)
-            self.on_ready()
             return

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,6 +88,15 @@ class ServingConfig:
     log_process: bool = True
 
 
+class _NotReady(ModelNotReady):
+    """KServe's ``ModelNotReady`` with the ``reason`` its gRPC interceptor reads (KServe 0.21's
+    own has none: gRPC clients got UNKNOWN and an AttributeError instead of UNAVAILABLE)."""
+
+    def __init__(self, model_name: str, detail: str) -> None:
+        super().__init__(model_name, detail)
+        self.reason = self.error_msg
+
+
 class FraudDetector(Model):
     """Real-time fraud scoring of transactions with a model bundle.
 
@@ -130,7 +140,9 @@ class FraudDetector(Model):
         self.load_attempts = 0
         self.background_loads = False
         self.retry_seconds: float | None = None
+        self.on_ready: Callable[[], None] | None = None
         self._closed = False
+        self._download: Path | None = None
         self._load_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -151,7 +163,7 @@ class FraudDetector(Model):
         if not self.background_loads:
             return self.load_bundle()
         if not self.ready:
-            raise ModelNotReady(self.name, self.not_ready_reason())
+            raise _NotReady(self.name, self.not_ready_reason())
         return True
 
     def load_bundle(self) -> bool:
@@ -159,7 +171,9 @@ class FraudDetector(Model):
 
         One load at a time. A failure leaves nothing behind (no download, no state, no writer)
         and is kept in :attr:`load_error` (the reason a 503 gives) and counted; a load that
-        finishes after :meth:`close` keeps nothing either.
+        finishes after :meth:`close` keeps nothing either. :attr:`on_ready`, when set, runs
+        just before the model reports ready (``python -m serving``: the metric labels and a
+        garbage collection, which must not pause requests already being scored).
 
         Raises:
             ModelMissingError: the bundle cannot be fetched, is incomplete or was tampered
@@ -171,38 +185,43 @@ class FraudDetector(Model):
             self.load_attempts += 1
             download = None
             if self.workdir is None and self.source.folder is None:  # removed by close()
-                download = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
+                download = self._download = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
             try:
                 bundle, scorer, state, schema = self._prepare(download or self.workdir)
+                self._start_writer()
             except Exception as e:
                 if download is not None:
                     shutil.rmtree(download, ignore_errors=True)
                 self._failed(e)
                 raise
+            finally:
+                self._download = None
             self.bundle, self.scorer, self.state, self.schema = bundle, scorer, state, schema
             self.version = bundle.version
             if download is not None:
                 if self._tmpdir is not None:  # loaded before: that download is not used now
                     shutil.rmtree(self._tmpdir, ignore_errors=True)
                 self._tmpdir = download
-            self._start_writer()
-            if self._closed:  # closed during this load, which close() could not wait for
-                self._release()
-                raise ModelMissingError(f"{self.name} was stopped while it was loading")
-            if self.metrics is not None:
-                self._state_gauges()
-                self.metrics.model_ready.labels(self.name).set(1)
-            log.info(
-                "loaded %s %s (%s, threshold %.4f) from %s",
-                bundle.name,
-                bundle.version,
-                scorer.model.model_type,
-                scorer.threshold,
-                self.source.uri,
-            )
-            self.load_error = None
-            self.ready = True
-            return True
+            if not self._closed:
+                if self.metrics is not None:
+                    self._state_gauges()
+                    self.metrics.model_ready.labels(self.name).set(1)
+                log.info(
+                    "loaded %s %s (%s, threshold %.4f) from %s",
+                    bundle.name,
+                    bundle.version,
+                    scorer.model.model_type,
+                    scorer.threshold,
+                    self.source.uri,
+                )
+                self.load_error = None
+                if self.on_ready is not None:
+                    self.on_ready()
+                self.ready = True
+        if self._closed:  # close() came while this load held the lock and left the rest to it
+            self.close()
+            raise ModelMissingError(f"{self.name} was stopped while it was loading")
+        return True
 
     def _failed(self, error: Exception) -> None:
         missing = isinstance(error, ModelMissingError)
@@ -340,12 +359,16 @@ class FraudDetector(Model):
         """Flush and stop the inference-log writer, remove a downloaded bundle (idempotent).
 
         Does not wait for a load under way (it may wait minutes on a store): that load sees
-        the model closed when it ends and releases what it made itself.
+        the model closed when it ends and calls ``close()`` again, which then releases what
+        it made.
         """
         self._closed = True
         if self.metrics is not None:
             self.metrics.model_ready.labels(self.name).set(0)
         if not self._load_lock.acquire(blocking=False):
+            download = self._download  # the load's own cleanup may never run: at exit, the
+            if download is not None:  # interpreter does not wait for its daemon thread
+                shutil.rmtree(download, ignore_errors=True)
             return
         try:
             self._release()
@@ -353,6 +376,7 @@ class FraudDetector(Model):
             self._load_lock.release()
 
     def _release(self) -> None:
+        self.ready = False
         if self.writer is not None:
             self.writer.close()
         if self._tmpdir is not None:  # everything in it was read by load_bundle()

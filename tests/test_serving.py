@@ -687,6 +687,10 @@ def test_a_bundle_that_cannot_load_serves_unready_with_the_reason_until_repaired
     row = instance(later_transactions(1, seed=12).iloc[0])
     try:
         proc.wait_ready(90)
+        deadline = time.monotonic() + 30
+        while not _value(_metrics(proc), "fraudops_model_load_failures_total", model=MODEL):
+            assert time.monotonic() < deadline, proc.output()  # the first, background, attempt
+            time.sleep(0.1)
         with httpx.Client(base_url=proc.url, timeout=30) as client:
             answers = {
                 "server ready": client.get("/v2/health/ready"),

@@ -658,7 +658,9 @@ def test_a_failed_load_leaves_nothing_behind_and_a_later_one_works(
     assert registry.get_sample_value("fraudops_model_ready", labels) == 0
 
 
-def test_a_load_that_ends_after_close_keeps_nothing(tmp_path_factory, tmp_path, monkeypatch):
+def test_a_load_under_way_when_the_model_closes_keeps_nothing(
+    tmp_path_factory, tmp_path, monkeypatch
+):
     import tempfile
     import threading
 
@@ -671,7 +673,7 @@ def test_a_load_that_ends_after_close_keeps_nothing(tmp_path_factory, tmp_path, 
     entered, release = threading.Event(), threading.Event()
     real = serving.model.Scorer
 
-    def slow(*args, **kwargs):  # a load that is still under way when the server stops
+    def slow(*args, **kwargs):  # a load still under way (downloaded) when the server stops
         entered.set()
         release.wait(30)
         return real(*args, **kwargs)
@@ -687,19 +689,44 @@ def test_a_load_that_ends_after_close_keeps_nothing(tmp_path_factory, tmp_path, 
 
     thread = threading.Thread(target=load)
     thread.start()
-    assert entered.wait(30)
+    assert entered.wait(30) and len(_downloads(tmp_path)) == 1
     started = time.monotonic()
     model.close()
     assert time.monotonic() - started < 1  # close() does not wait for the load
+    assert not _downloads(tmp_path)  # removed at once: at exit the load thread just dies
     release.set()
     thread.join(30)
     assert len(errors) == 1 and isinstance(errors[0], ModelMissingError)
-    assert "was stopped while it was loading" in str(errors[0])
-    assert not model.ready and not _downloads(tmp_path)
-    assert model.writer is not None and model.writer._closing  # started, then closed
+    assert not model.ready and model.writer is None and not _downloads(tmp_path)
     with pytest.raises(ModelMissingError, match="was stopped; it is not loaded again"):
         model.load_bundle()
     assert model.not_ready_reason().startswith("It was stopped")
+
+
+def test_a_load_finishing_as_the_model_closes_keeps_nothing(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    import tempfile
+    import threading
+
+    from kserve.errors import ModelMissingError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, registry = _from_store(tmp_path_factory, log_store=LocalStore(tmp_path / "log"))
+
+    def close_now() -> None:  # the last moment: the load holds its lock and is about to be ready
+        closer = threading.Thread(target=model.close)
+        closer.start()
+        closer.join(10)
+        assert model.closed
+
+    model.on_ready = close_now
+    with pytest.raises(ModelMissingError, match="was stopped while it was loading"):
+        model.load_bundle()
+    assert not model.ready and model.not_ready_reason().startswith("It was stopped")
+    assert model.writer is not None and model.writer._closing  # started, then closed
+    assert not _downloads(tmp_path)
+    assert registry.get_sample_value("fraudops_model_ready", {"model": "fraud"}) == 0
 
 
 def test_kserves_load_hook_never_loads_when_loads_are_in_the_background(bundle):
@@ -707,8 +734,11 @@ def test_kserves_load_hook_never_loads_when_loads_are_in_the_background(bundle):
 
     model = FraudDetector("fraud", parse_model_uri(str(bundle.folder)))
     model.background_loads, model.retry_seconds = True, 30.0
-    with pytest.raises(ModelNotReady, match=r"fraud is not ready\. Its bundle is loading\.$"):
+    with pytest.raises(
+        ModelNotReady, match=r"fraud is not ready\. Its bundle is loading\.$"
+    ) as info:
         model.load()  # what KServe's get_model calls inside a request
+    assert info.value.reason == str(info.value)  # what KServe's gRPC interceptor sends
     assert model.load_attempts == 0
     assert model.load_bundle() and model.load() is True
     model.close()
@@ -728,7 +758,7 @@ def test_the_retry_interval_is_zero_or_a_sane_number_of_seconds(seconds, ok):
     if not ok:
         assert "--load_retry_seconds must be 0" in check_interval(seconds)
         with pytest.raises(ValueError):
-            LoadRetry(None, seconds, lambda: None)
+            LoadRetry(None, seconds)
 
 
 def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bundle, tmp_path):
