@@ -386,6 +386,8 @@ class FraudDetector(Model):
     # -- metadata (V2 GET /v2/models/<name>) ------------------------------------------------
 
     def get_input_types(self) -> list[dict[str, Any]]:
+        if not self.ready:  # the inputs depend on the bundle (gRPC asks even then; REST: 503)
+            raise _NotReady(self.name, self.not_ready_reason())
         return [
             {"name": name, "datatype": self.schema.datatype(name), "shape": [-1]}
             for name in self.schema.fields

@@ -740,6 +740,8 @@ def test_kserves_load_hook_never_loads_when_loads_are_in_the_background(bundle):
         model.load()  # what KServe's get_model calls inside a request
     assert info.value.reason == str(info.value)  # what KServe's gRPC interceptor sends
     assert model.load_attempts == 0
+    with pytest.raises(ModelNotReady):  # metadata (gRPC) too: the inputs come from the bundle
+        model.get_input_types()
     assert model.load_bundle() and model.load() is True
     model.close()
 
