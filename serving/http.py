@@ -41,6 +41,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
+from kserve.errors import ModelNotReady
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import direct_routes
@@ -316,8 +317,8 @@ class ScoringMiddleware:
 
 
 def _not_ready_message(name: str, model: Any) -> str:
-    # KServe's ModelNotReady text, then the model's reason (e.g. the file that failed its check)
-    return f"Model with name {name} is not ready. {model.not_ready_reason()}".rstrip()
+    # KServe's own message, then the model's reason (e.g. the file that failed its check)
+    return str(ModelNotReady(name, model.not_ready_reason() or None))
 
 
 async def _respond(send: Callable, status: int, message: str) -> None:
