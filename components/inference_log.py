@@ -31,8 +31,10 @@ __all__ = [
     "REQUEST_TYPE",
     "RESPONSE_TYPE",
     "batch_key",
+    "batch_keys",
     "block_records",
     "make_record",
+    "read_batches",
     "read_frame",
     "read_records",
     "record_columns",
@@ -238,13 +240,15 @@ def write_batch(
     return keys
 
 
-def _batch_keys(
+def batch_keys(
     store: ObjectStore,
     model: str,
-    version: str | None,
-    start: datetime | None,
-    end: datetime | None,
+    version: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> list[str]:
+    """Keys of ``model``'s batches (one version or all) in the date partitions from ``start``'s
+    day to ``end``'s day (a batch holds the records of one day)."""
     prefix = f"{PREFIX}/{model}/" + (f"{version}/" if version else "")
     keys = []
     for key in store.list(prefix):
@@ -273,6 +277,36 @@ def _parse_timestamp_column(table, name: str):
     return table.set_column(table.column_names.index(name), name, parsed)
 
 
+def read_batches(
+    store: ObjectStore,
+    keys: Iterable[str],
+    columns: list[str] | None = None,
+    typed: bool = True,
+) -> pd.DataFrame:
+    """The records of these batches as one flat frame, in batch order (see :func:`read_frame`
+    for the columns, ``columns`` and ``typed``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wanted = None if columns is None else sorted({"time", *columns})
+    tables = []
+    for key in keys:
+        table = pq.read_table(io.BytesIO(store.get_bytes(key)))
+        if wanted is not None:
+            table = table.select([c for c in wanted if c in table.column_names])
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame(columns=wanted or ["time"])
+    table = pa.concat_tables(tables, promote_options="default")
+    if typed:
+        table = _parse_timestamp_column(table, TX + "timestamp")
+    # text columns repeat (ids, categories): categoricals are far cheaper to build and group
+    frame = table.to_pandas(strings_to_categorical=typed)
+    if not pd.api.types.is_datetime64_any_dtype(frame["time"]):  # batches written as text
+        frame["time"] = pd.to_datetime(frame["time"].astype(str), utc=True, format="ISO8601")
+    return frame
+
+
 def read_frame(
     store: ObjectStore,
     model: str,
@@ -289,25 +323,10 @@ def read_frame(
     categoricals. ``columns`` limits what is read (``time`` is always read). ``typed=False``
     keeps the logged values as they were written (only ``time`` is parsed).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    wanted = None if columns is None else sorted({"time", *columns})
-    tables = []
-    for key in _batch_keys(store, model, version, start, end):
-        table = pq.read_table(io.BytesIO(store.get_bytes(key)))
-        if wanted is not None:
-            table = table.select([c for c in wanted if c in table.column_names])
-        tables.append(table)
-    if not tables:
-        return pd.DataFrame(columns=wanted or ["time"])
-    table = pa.concat_tables(tables, promote_options="default")
-    if typed:
-        table = _parse_timestamp_column(table, TX + "timestamp")
-    # text columns repeat (ids, categories): categoricals are far cheaper to build and group
-    frame = table.to_pandas(strings_to_categorical=typed)
-    if not pd.api.types.is_datetime64_any_dtype(frame["time"]):  # batches written as text
-        frame["time"] = pd.to_datetime(frame["time"].astype(str), utc=True, format="ISO8601")
+    keys = batch_keys(store, model, version, start, end)
+    frame = read_batches(store, keys, columns, typed)
+    if not keys:
+        return frame
     if start is not None:
         frame = frame[frame["time"] >= pd.Timestamp(start)]
     if end is not None:

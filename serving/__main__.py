@@ -27,6 +27,7 @@ from kserve.utils.utils import strtobool
 
 from components.lifetime import die_with_parent
 from serving.load_retry import LoadRetry, check_interval
+from serving.log_follow import check_follow_interval
 
 __all__ = ["LocalModelServer", "build_parser", "main"]
 
@@ -141,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="At start, add the transactions logged since the bundle's snapshot to the state.",
     )
+    group.add_argument(
+        "--follow_log_seconds",
+        type=float,
+        default=5.0,
+        help="While serving, read the transactions the other versions of this model log (a "
+        "canary and its stable) into the online state every this many seconds (0.1 to 3600), "
+        "so the windows of each count all traffic, not only its share; 0: never.",
+    )
+    group.add_argument(
+        "--state_log",
+        default=None,
+        help="Store URI of the inference log the online state reads (--replay_log, "
+        "--follow_log_seconds). Default: --log_store. In a cluster, where the log sink writes "
+        "the log and --log_store is none, set it to the sink's --store.",
+    )
     group.add_argument("--log_flush_interval", type=float, default=5.0, help="Seconds.")
     group.add_argument("--log_flush_records", type=int, default=20_000)
     group.add_argument("--log_max_records", type=int, default=200_000)
@@ -204,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers,
         )
         return 2
-    problem = check_interval(args.load_retry_seconds)
+    problem = check_interval(args.load_retry_seconds) or check_follow_interval(
+        args.follow_log_seconds
+    )
     if problem:
         log.error("%s", problem)
         return 2
@@ -223,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_store = open_store(args.log_store)
         else:
             log_store = source.store()
+        state_log_store = open_store(args.state_log) if args.state_log else None
     except (ValueError, StoreError) as e:
         log.error("%s", e)
         return 2
@@ -235,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         contributions=args.contributions,
         log_features=bool(args.log_features),
         replay_log=bool(args.replay_log),
+        follow_log_seconds=args.follow_log_seconds,
         log_flush_interval=args.log_flush_interval,
         log_flush_records=args.log_flush_records,
         log_max_records=args.log_max_records,
@@ -249,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         log_store=log_store,
         workdir=Path(args.bundle_dir) if args.bundle_dir else None,
+        state_log_store=state_log_store,
     )
     versions = {name: ""}  # metric labels; shared with the middleware, filled in once loaded
     retry = None

@@ -19,6 +19,9 @@ KServe's own ``/metrics`` endpoint on the HTTP port exposes them next to KServe'
                                                            its load fails (retried)
 ``fraudops_model_load_failures_total``                     failed load attempts
 ``fraudops_online_state_entities``/``_rows``               online state size by kind
+``fraudops_online_state_followed_total``                   transactions of other versions added
+                                                           to the state (from their log)
+``fraudops_online_state_follow_failures_total``            polls of that log that failed
 ``fraudops_inference_log_queued``                          records waiting for the store
 ``fraudops_inference_log_written_total``                   records written
 ``fraudops_inference_log_dropped_total``                   records dropped, by reason
@@ -178,6 +181,19 @@ class ServingMetrics:
             "fraudops_online_state_rows",
             "Transactions kept in the online feature state, per kind of entity.",
             ("model", "kind"),
+            **kw,
+        )
+        self.state_followed = Counter(
+            "fraudops_online_state_followed",
+            "Transactions scored by other versions of the model, read from their inference "
+            "log and added to the online state (see --follow_log_seconds).",
+            ("model",),
+            **kw,
+        )
+        self.state_follow_failures = Counter(
+            "fraudops_online_state_follow_failures",
+            "Polls of the other versions' inference log that failed (retried next poll).",
+            ("model",),
             **kw,
         )
         self.log_queued = Gauge(

@@ -32,10 +32,12 @@ from kserve.errors import InferenceError, ModelMissingError, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components.bundle import Bundle
-from components.inference_log import read_frame, record_columns
+from components.inference_log import record_columns
+from components.schema import LABEL
 from components.store import ObjectStore, StoreError
 from serving.errors import InvalidTransactions, ServingError
 from serving.http import current_request
+from serving.log_follow import FollowLoop, LogFollower, Logged
 from serving.log_writer import InferenceLogWriter, LogEntry
 from serving.metrics import ServingMetrics
 from serving.scorer import Scored, Scorer
@@ -47,7 +49,6 @@ __all__ = ["FraudDetector", "ServingConfig"]
 
 log = logging.getLogger("fraudops.serving")
 
-REPLAY_COLUMNS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
 _NO_FEATURES = np.zeros((0, 0), dtype=np.float32)
 
 
@@ -65,6 +66,9 @@ class ServingConfig:
         log_features: Put the engineered features into each inference-log record.
         replay_log: At start, add the transactions logged since the bundle's snapshot to the
             online state (so a restart does not forget them).
+        follow_log_seconds: While serving, add the transactions the other versions of the
+            model log to the online state, read every this many seconds (0: never; see
+            :mod:`serving.log_follow`).
         log_source: CloudEvent ``source`` of the records this server writes.
         log_max_records, log_flush_records, log_flush_interval, log_block_seconds: See
             :class:`serving.log_writer.InferenceLogWriter`.
@@ -79,6 +83,7 @@ class ServingConfig:
     contributions: str = "approx"
     log_features: bool = False
     replay_log: bool = True
+    follow_log_seconds: float = 5.0
     log_source: str = "fraudops-serving"
     log_max_records: int = 200_000
     log_flush_records: int = 20_000
@@ -108,6 +113,8 @@ class FraudDetector(Model):
         metrics: Prometheus metrics (None: not counted).
         log_store: Store for the inference log (None: no log from this server; in a cluster
             the KServe logger and :mod:`serving.log_sink` write it instead).
+        state_log_store: Store whose inference log the online state reads (the replay at
+            start, the other versions' traffic while serving). Default: ``log_store``.
         state: Online state to use (default: in memory, seeded from the bundle's snapshot).
         workdir: Where a bundle from a store is downloaded (default: a temporary folder).
     """
@@ -121,12 +128,14 @@ class FraudDetector(Model):
         log_store: ObjectStore | None = None,
         state: OnlineState | None = None,
         workdir: Path | None = None,
+        state_log_store: ObjectStore | None = None,
     ) -> None:
         super().__init__(name)
         self.source = source
         self.config = config or ServingConfig()
         self.metrics = metrics
         self.log_store = log_store
+        self.state_log_store = state_log_store or log_store
         self.workdir = workdir
         self.state = state
         self.scorer: Scorer | None = None
@@ -144,6 +153,7 @@ class FraudDetector(Model):
         self._closed = False
         self._download: Path | None = None
         self._load_lock = threading.Lock()
+        self._follow_loop: FollowLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -187,7 +197,7 @@ class FraudDetector(Model):
             if self.workdir is None and self.source.folder is None:  # removed by close()
                 download = self._download = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
             try:
-                bundle, scorer, state, schema = self._prepare(download or self.workdir)
+                bundle, scorer, state, schema, follower = self._prepare(download or self.workdir)
                 self._start_writer()
             except Exception as e:
                 if download is not None:
@@ -218,6 +228,7 @@ class FraudDetector(Model):
                 if self.on_ready is not None:
                     self.on_ready()
                 self.ready = True
+                self._follow(follower)
         if self._closed:  # close() came while this load held the lock and left the rest to it
             self.close()
             raise ModelMissingError(f"{self.name} was stopped while it was loading")
@@ -243,8 +254,9 @@ class FraudDetector(Model):
 
     def _prepare(
         self, workdir: Path | None
-    ) -> tuple[Bundle, Scorer, OnlineState, TransactionSchema]:
-        """The verified bundle, its scorer, the online state and the request schema."""
+    ) -> tuple[Bundle, Scorer, OnlineState, TransactionSchema, LogFollower | None]:
+        """The verified bundle, its scorer, the online state, the request schema and what
+        reads the other versions' traffic into the state (None: nothing to read)."""
         config = self.config
         try:
             bundle = self.source.open(workdir)
@@ -263,6 +275,7 @@ class FraudDetector(Model):
                 f"cannot load the model bundle from {self.source.uri}: {detail}"
             ) from e
         state = self.state  # given to the constructor, or kept from an earlier load
+        follower = None
         if state is None:
             fresh = InMemoryOnlineState(spec.history_days + config.state_slack_days)
             try:
@@ -272,7 +285,12 @@ class FraudDetector(Model):
                     f"the bundle's online/snapshot.parquet from {self.source.uri} cannot seed "
                     f"the online state: {type(e).__name__}: {e}"
                 ) from e
-            replayed = self._replay(fresh, history, spec.history_days + config.state_slack_days)
+            if self.state_log_store is not None:
+                after = (
+                    pd.to_datetime(history["timestamp"], utc=True).max() if len(history) else None
+                )
+                follower = LogFollower(self.state_log_store, self.name, bundle.version, after)
+            replayed = self._replay(fresh, follower, spec.history_days + config.state_slack_days)
             log.info(
                 "online state: %d snapshot row(s), %d replayed from the inference log",
                 seeded,
@@ -285,7 +303,7 @@ class FraudDetector(Model):
             max_batch=config.max_batch,
             max_clock_skew_seconds=config.max_clock_skew_seconds,
         )
-        return bundle, scorer, state, schema
+        return bundle, scorer, state, schema, follower
 
     def _start_writer(self) -> None:
         if self.log_store is None or self.writer is not None:
@@ -301,38 +319,61 @@ class FraudDetector(Model):
             process=config.log_process,
         ).start()
 
-    def _replay(self, state: InMemoryOnlineState, snapshot: pd.DataFrame, days: float) -> int:
+    def _replay(self, state: InMemoryOnlineState, follower: LogFollower | None, days: float) -> int:
         """Add logged transactions newer than the snapshot (a restart keeps its history).
 
         Reads the records of this model (every version: a canary's traffic counts too) written
-        in the last ``days`` days, keeps the transactions after the snapshot's end, once each.
+        in the last ``days`` days, keeps the transactions after the snapshot's end, once each,
+        presumed genuine (label 0) as the server's own are.
         """
-        if not self.config.replay_log or self.log_store is None:
+        if follower is None:
             return 0
-        since = datetime.now(UTC) - timedelta(days=days)
-        columns = [f"tx.{c}" for c in REPLAY_COLUMNS]
         try:
-            frame = read_frame(self.log_store, self.name, start=since, columns=columns)
+            if not self.config.replay_log:
+                follower.skip_existing()
+                return 0
+            logged = follower.replay(datetime.now(UTC) - timedelta(days=days))
         except (StoreError, OSError, ValueError) as e:
             log.warning("cannot replay the inference log (%s); starting from the snapshot", e)
             return 0
-        if frame.empty or not set(columns) <= set(frame.columns):
-            return 0
-        rows = frame[columns].rename(columns=lambda c: c.removeprefix("tx."))
-        rows["timestamp"] = pd.to_datetime(
-            rows["timestamp"], utc=True, format="ISO8601", errors="coerce"
-        )
-        unreadable = int(rows["timestamp"].isna().sum())
-        if unreadable:  # a record this replay cannot place in time must not stop the server
+        if logged.unreadable:  # a record this replay cannot place in time must not stop it
             log.warning(
                 "inference log replay: %d record(s) without a readable timestamp left out",
-                unreadable,
+                logged.unreadable,
             )
-            rows = rows[rows["timestamp"].notna()]
-        if len(snapshot):
-            rows = rows[rows["timestamp"] > pd.to_datetime(snapshot["timestamp"], utc=True).max()]
-        rows = rows.drop_duplicates("transaction_id").sort_values("timestamp", kind="stable")
-        return state.load_frame(rows)
+        if logged.rows.empty:
+            return 0
+        return state.load_frame(logged.rows.assign(**{LABEL: 0.0}))
+
+    def _follow(self, follower: LogFollower | None) -> None:
+        """Start reading the other versions' traffic into the state (see ``follow_log_seconds``)."""
+        if self._follow_loop is not None:
+            self._follow_loop.stop()
+            self._follow_loop = None
+        if follower is not None and self.config.follow_log_seconds > 0:
+            self._follow_loop = FollowLoop(
+                follower, self._add_followed, self.config.follow_log_seconds, self._polled
+            ).start()
+
+    def _add_followed(self, rows: pd.DataFrame) -> None:
+        scorer = self.scorer
+        if scorer is None or rows.empty:
+            return
+        time_ms = (rows["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+        scorer.add_scored_elsewhere(
+            rows["customer_id"].astype(str).tolist(),
+            rows["terminal_id"].astype(str).tolist(),
+            time_ms.to_numpy(np.int64),
+            rows["amount"].to_numpy(np.float64),
+        )
+
+    def _polled(self, logged: Logged | None, error: Exception | None) -> None:
+        if self.metrics is None:
+            return
+        if error is not None:
+            self.metrics.state_follow_failures.labels(self.name).inc()
+        elif logged is not None and len(logged.rows):
+            self.metrics.state_followed.labels(self.name).inc(len(logged.rows))
 
     def _state_gauges(self) -> None:
         m, state = self.metrics, self.state
@@ -377,6 +418,9 @@ class FraudDetector(Model):
 
     def _release(self) -> None:
         self.ready = False
+        if self._follow_loop is not None:
+            self._follow_loop.stop()
+            self._follow_loop = None
         if self.writer is not None:
             self.writer.close()
         if self._tmpdir is not None:  # everything in it was read by load_bundle()

@@ -9,6 +9,7 @@ unchanged).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -88,6 +89,7 @@ class Scorer:
         self.features = OnlineFeatures(self.spec, self.model.feature_names)
         compile_kernels()
         self.state = state
+        self._scored_elsewhere: deque[tuple[list[str], list[str], np.ndarray, np.ndarray]] = deque()
         self.n_reasons = n_reasons
         self.reasons_for: ReasonsFor = reasons_for
         self.contributions = contributions
@@ -98,10 +100,27 @@ class Scorer:
         if n_reasons > 0 and self.reasons_for != "none":
             self._explain_from = -np.inf if self.reasons_for == "all" else self.threshold
 
+    def add_scored_elsewhere(
+        self,
+        customer_ids: list[str],
+        terminal_ids: list[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+    ) -> None:
+        """Queue transactions another server scored (another version of the model) for the
+        online state; they are added before the next request is scored.
+
+        Safe to call from any thread: the state itself is only ever changed by :meth:`score`,
+        on the thread that serves requests, so scoring needs no lock.
+        """
+        self._scored_elsewhere.append((customer_ids, terminal_ids, time_ms, amount))
+
     def score(self, batch: TransactionBatch) -> Scored:
         """Score ``batch``, then add it to the online state."""
         if self.state is None:
             raise RuntimeError("the scorer has no online state yet")
+        while self._scored_elsewhere:
+            self.state.append(*self._scored_elsewhere.popleft())
         q_cust, customers = entity_codes(batch.customer_id)
         q_term, terminals = entity_codes(batch.terminal_id)
         history = self.state.history_for(customers, terminals)

@@ -1,0 +1,243 @@
+"""The other versions' traffic in this server's online state, read from the inference log.
+
+Each model version runs in its own server with its own online state (the customer and
+terminal windows). During a canary rollout the stable and the canary each score only their
+share of the transactions. On its own, each would count only that share: at 25% canary
+traffic, a customer's one-day count on the canary would be a quarter of the truth, and after a
+rollback the stable would lack the canary's share for as long as its windows reach back.
+
+Every version logs every transaction to the inference log (the server's own writer, or the
+KServe logger and the log sink in a cluster). So at start a server replays the log of every
+version of its model since the bundle's snapshot (:meth:`LogFollower.replay`), and while it
+serves, it reads the batches the *other* versions write (:meth:`LogFollower.poll`, every
+``--follow_log_seconds``) and adds their transactions to its state. A transaction scored by
+one version counts in the other's windows once its batch is written (the writers flush every
+5 s) and the next poll has read it. Its own version's batches are skipped: its traffic is
+already in the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from components.inference_log import PREFIX, TX, batch_keys, read_batches
+from components.store import ObjectNotFoundError, ObjectStore, StoreError
+
+__all__ = ["COLUMNS", "FollowLoop", "LogFollower", "Logged", "check_follow_interval"]
+
+log = logging.getLogger("fraudops.serving")
+
+COLUMNS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
+"""The logged transaction fields the online state needs."""
+MAX_INTERVAL = 3_600.0
+
+
+def check_follow_interval(seconds: float) -> str | None:
+    """What is wrong with ``--follow_log_seconds`` (``None``: fine; 0 means off)."""
+    if seconds == 0 or (math.isfinite(seconds) and 0.1 <= seconds <= MAX_INTERVAL):
+        return None
+    return (
+        "--follow_log_seconds must be 0 (do not read the other versions' traffic) or between "
+        f"0.1 and {MAX_INTERVAL:g} seconds, got {seconds}"
+    )
+
+
+@dataclass(frozen=True)
+class Logged:
+    """Transactions read from the inference log.
+
+    Attributes:
+        rows: ``transaction_id``, ``timestamp`` (UTC), ``customer_id``, ``terminal_id``,
+            ``amount``: once each, oldest first, only those after the snapshot.
+        batches: Batches read.
+        records: Records in them.
+        unreadable: Records left out because their timestamp cannot be read.
+        skipped: Batches left out: unreadable files, or deleted since they were listed.
+    """
+
+    rows: pd.DataFrame
+    batches: int
+    records: int
+    unreadable: int
+    skipped: list[str] = field(default_factory=list)
+
+
+class LogFollower:
+    """Reads the inference log of one model for the online state, each batch once.
+
+    Args:
+        store: The store holding the inference log.
+        model: The model's name.
+        version: The version this server serves (its batches are not polled).
+        after: The end of the bundle's snapshot: transactions at or before it are in the
+            state already (the snapshot may hold logged traffic a retraining learned from).
+    """
+
+    def __init__(
+        self, store: ObjectStore, model: str, version: str, after: pd.Timestamp | None
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.version = version
+        self.after = after
+        self.seen: set[str] = set()
+
+    def replay(self, since: datetime) -> Logged:
+        """Every version's transactions logged from ``since`` (e.g. a restart's history)."""
+        keys = batch_keys(self.store, self.model, None, since, None)
+        return self._read(keys)
+
+    def poll(self, now: datetime | None = None) -> Logged:
+        """The other versions' transactions in batches not read before.
+
+        Lists the date partitions of today and yesterday only (a batch written just after
+        midnight may still hold yesterday's records): a few small listings per poll.
+        """
+        keys = self._recent_keys(now)
+        fresh = [k for k in keys if k not in self.seen]
+        self.seen.intersection_update(keys)  # older partitions are never listed again
+        try:
+            return self._read(fresh)
+        except StoreError as e:
+            if isinstance(e, ObjectNotFoundError):
+                return self._read_each(fresh)
+            raise  # the store is down: the same batches next poll
+        except Exception:  # one unreadable batch must not hold back the others forever
+            return self._read_each(fresh)
+
+    def skip_existing(self, now: datetime | None = None) -> None:
+        """Count the batches already written as read (a server that does not replay)."""
+        self.seen.update(self._recent_keys(now))
+
+    def _recent_keys(self, now: datetime | None) -> list[str]:
+        now = now or datetime.now(UTC)
+        days = [f"{d:%Y-%m-%d}" for d in (now - timedelta(days=1), now)]
+        root = f"{PREFIX}/{self.model}/"
+        keys = []
+        for folder in self.store.list(root, recursive=False):
+            if not folder.endswith("/") or folder == f"{root}{self.version}/":
+                continue
+            for day in days:
+                keys += [
+                    k for k in self.store.list(f"{folder}date={day}/") if k.endswith(".parquet")
+                ]
+        return keys
+
+    def _read_each(self, keys: list[str]) -> Logged:
+        good, skipped = [], []
+        for key in keys:
+            try:
+                read_batches(self.store, [key], [TX + c for c in COLUMNS])
+            except StoreError as e:
+                if not isinstance(e, ObjectNotFoundError):
+                    raise
+                skipped.append(key)  # deleted since it was listed (log retention)
+            except Exception as e:
+                log.warning("inference log batch %s cannot be read (%s); left out", key, e)
+                skipped.append(key)
+            else:
+                good.append(key)
+        self.seen.update(skipped)
+        logged = self._read(good)
+        return Logged(logged.rows, logged.batches, logged.records, logged.unreadable, skipped)
+
+    def _read(self, keys: list[str]) -> Logged:
+        columns = [TX + c for c in COLUMNS]
+        frame = read_batches(self.store, keys, columns)
+        self.seen.update(keys)
+        records = len(frame)
+        if frame.empty or not set(columns) <= set(frame.columns):
+            return Logged(pd.DataFrame(columns=list(COLUMNS)), len(keys), records, 0)
+        rows = frame[columns].rename(columns=lambda c: c.removeprefix(TX))
+        rows["timestamp"] = pd.to_datetime(
+            rows["timestamp"], utc=True, format="ISO8601", errors="coerce"
+        )
+        unreadable = int(rows["timestamp"].isna().sum())
+        rows = rows[rows["timestamp"].notna()]
+        if self.after is not None:
+            rows = rows[rows["timestamp"] > self.after]
+        rows = rows.drop_duplicates("transaction_id").sort_values("timestamp", kind="stable")
+        return Logged(rows.reset_index(drop=True), len(keys), records, unreadable)
+
+
+class FollowLoop:
+    """A daemon thread: :meth:`LogFollower.poll` every ``interval`` seconds, its rows handed
+    to ``add`` (which must be safe to call from this thread), until :meth:`stop`.
+
+    A poll that fails (the store is down) is logged, counted and tried again next time:
+    nothing is lost, the batches stay in the store until a poll reads them.
+
+    Args:
+        follower: What to poll.
+        add: Takes the rows of a poll.
+        interval: Seconds between polls (see :func:`check_follow_interval`).
+        on_poll: Called after each poll with ``(logged, error)`` (metrics).
+    """
+
+    def __init__(
+        self,
+        follower: LogFollower,
+        add: Callable[[pd.DataFrame], Any],
+        interval: float,
+        on_poll: Callable[[Logged | None, Exception | None], Any] | None = None,
+    ) -> None:
+        problem = check_follow_interval(interval) if interval else "the interval must be positive"
+        if problem:
+            raise ValueError(problem)
+        self.follower = follower
+        self.add = add
+        self.interval = interval
+        self.on_poll = on_poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fraudops-follow", daemon=True)
+
+    def start(self) -> FollowLoop:
+        """Start polling (returns ``self``)."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """No more polls; waits ``timeout`` s at most for one under way."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        last = None
+        while not self._stop.wait(self.interval):
+            try:
+                logged = self.follower.poll()
+                if len(logged.rows):
+                    self.add(logged.rows)
+            except Exception as e:  # the store is down, a batch is unreadable: next poll
+                reason = f"{type(e).__name__}: {e}"
+                if reason != last:
+                    log.warning(
+                        "cannot read the other versions' inference log (%s); the online state "
+                        "lacks their traffic until a poll succeeds (every %g s)",
+                        reason,
+                        self.interval,
+                    )
+                last = reason
+                if self.on_poll is not None:
+                    self.on_poll(None, e)
+                continue
+            if last is not None:
+                log.info("reading the other versions' inference log again")
+                last = None
+            if logged.unreadable:
+                log.warning(
+                    "inference log: %d record(s) of other versions without a readable "
+                    "timestamp left out",
+                    logged.unreadable,
+                )
+            if self.on_poll is not None:
+                self.on_poll(logged, None)

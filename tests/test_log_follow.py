@@ -1,0 +1,205 @@
+"""The online state follows the other versions' traffic through the inference log.
+
+Real parts: a local store, batches written by ``write_batch`` and by real ``FraudDetector``
+log writers. The one fake is a store that is down for its first listings (a failure mode).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+from serving_helpers import instance, later_transactions
+from test_serving_units import bundle  # noqa: F401  (the module's trained bundle fixture)
+
+from components.bundle import register_bundle
+from components.features import compute_features
+from components.inference_log import make_record, write_batch
+from components.store import LocalStore, StoreUnavailableError
+from serving.log_follow import FollowLoop, LogFollower, check_follow_interval
+from serving.metrics import ServingMetrics
+from serving.model import FraudDetector, ServingConfig
+from serving.source import parse_model_uri
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+SNAPSHOT_END = pd.Timestamp("2026-05-15T00:00:00Z")
+
+
+def _batch(store, version: str, ids: list[str], when: datetime, stamp: str | None = None) -> str:
+    records = [
+        make_record(
+            model="fraud",
+            version=version,
+            transaction={
+                "transaction_id": tx,
+                "timestamp": stamp or (when - timedelta(minutes=i)).isoformat(),
+                "customer_id": f"c-{tx}",
+                "terminal_id": "t-1",
+                "amount": 10.0 + i,
+            },
+            score=0.1,
+            decision="pass",
+            time=when,
+        )
+        for i, tx in enumerate(ids)
+    ]
+    (key,) = write_batch(store, records)
+    return key
+
+
+def test_a_poll_reads_each_batch_of_the_other_versions_once(tmp_path):
+    store = LocalStore(tmp_path)
+    follower = LogFollower(store, "fraud", "v1", SNAPSHOT_END)
+    _batch(store, "v1", ["own-1"], NOW)  # its own traffic: already in its state
+    _batch(store, "v2", ["a", "b"], NOW)
+    _batch(store, "v3", ["c"], NOW - timedelta(days=1))  # yesterday's partition
+    _batch(store, "v2", ["old"], NOW - timedelta(days=2))  # only a replay reads that far
+    _batch(store, "v2", ["snap"], NOW, stamp="2026-05-14T23:00:00Z")  # in the snapshot
+    first = follower.poll(NOW)
+    assert sorted(first.rows["transaction_id"]) == ["a", "b", "c"]
+    assert (first.batches, first.records, first.unreadable) == (3, 4, 0)
+    assert first.rows["timestamp"].is_monotonic_increasing
+    assert str(first.rows["timestamp"].dt.tz) == "UTC"
+    assert follower.poll(NOW).batches == 0  # nothing new, nothing read again
+    _batch(store, "v2", ["d", "d"], NOW)  # a duplicate id in one batch counts once
+    _batch(store, "v2", ["e"], NOW, stamp="not a time")
+    second = follower.poll(NOW)
+    assert list(second.rows["transaction_id"]) == ["d"]
+    assert (second.batches, second.records, second.unreadable) == (2, 3, 1)
+    # a day later yesterday's keys are forgotten (never listed again), today's are still known
+    assert follower.poll(NOW + timedelta(days=1)).batches == 0
+    assert all("date=2026-05-31" not in k for k in follower.seen)
+    replayed = LogFollower(store, "fraud", "v1", SNAPSHOT_END).replay(NOW - timedelta(days=3))
+    assert sorted(replayed.rows["transaction_id"]) == ["a", "b", "c", "d", "old", "own-1"]
+
+
+def test_an_unreadable_batch_is_left_out_once_and_the_others_are_read(tmp_path):
+    store = LocalStore(tmp_path)
+    follower = LogFollower(store, "fraud", "v1", None)
+    _batch(store, "v2", ["a"], NOW)
+    broken = "inference-log/fraud/v2/date=2026-06-01/120000000000-broken.parquet"
+    store.put_bytes(broken, b"not parquet")
+    _batch(store, "v2", ["b"], NOW)
+    logged = follower.poll(NOW)
+    assert sorted(logged.rows["transaction_id"]) == ["a", "b"]
+    assert logged.skipped == [broken]
+    assert follower.poll(NOW).batches == 0  # not tried again on every poll
+
+
+def test_a_server_that_does_not_replay_does_not_read_old_batches_either(tmp_path):
+    store = LocalStore(tmp_path)
+    _batch(store, "v2", ["before"], NOW)
+    follower = LogFollower(store, "fraud", "v1", None)
+    follower.skip_existing(NOW)
+    _batch(store, "v2", ["after"], NOW)
+    assert list(follower.poll(NOW).rows["transaction_id"]) == ["after"]
+
+
+class _DownAtFirst(LocalStore):
+    """A local store whose first ``failures`` listings fail as an unreachable MinIO would."""
+
+    def __init__(self, root, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def list(self, prefix: str = "", recursive: bool = True) -> list[str]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailableError("s3://fraudops: connection refused")
+        return super().list(prefix, recursive)
+
+
+def test_the_loop_counts_failed_polls_and_loses_nothing_once_the_store_is_back(tmp_path):
+    store = _DownAtFirst(tmp_path, failures=2)
+    _batch(store, "v2", ["a", "b"], datetime.now(UTC))
+    added, polls = [], []
+    loop = FollowLoop(
+        LogFollower(store, "fraud", "v1", None),
+        added.append,
+        0.1,
+        lambda logged, error: polls.append(error),
+    ).start()
+    deadline = time.monotonic() + 10
+    while not added and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loop.stop()
+    assert [type(e) for e in polls[:2]] == [StoreUnavailableError] * 2
+    assert polls[2] is None
+    assert sorted(added[0]["transaction_id"]) == ["a", "b"]
+    assert len(added) == 1  # read once, however many polls followed
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ok"),
+    [
+        *[(0, True), (0.1, True), (5, True), (3600, True)],
+        *[(0.05, False), (3601, False), (-1, False), (float("nan"), False), (float("inf"), False)],
+    ],
+)
+def test_the_follow_interval_is_zero_or_a_sane_number_of_seconds(seconds, ok):
+    assert (check_follow_interval(seconds) is None) is ok
+    if not ok:
+        assert "--follow_log_seconds must be 0" in check_follow_interval(seconds)
+
+
+def _followed(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("fraudops_online_state_followed_total", {"model": "fraud"})
+
+
+def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):  # noqa: F811
+    """Stable v1 and canary v2 split the traffic; the canary then scores as batch scoring over
+    all of it does, and a canary that does not follow the log does not."""
+    store = LocalStore(tmp_path / "store")
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    for path in bundle.folder.rglob("*"):
+        if path.is_file() and path.name != "MANIFEST.json":
+            target = folder / path.relative_to(bundle.folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    for _ in range(2):
+        register_bundle(store, "fraud", folder, {})
+    spec, model = bundle.spec(), bundle.model()
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    new = later_transactions(240, seed=11)
+    expected = model.predict(compute_features(new, spec, history=snapshot))[150:]
+    rows = [instance(r) for r in new.to_dict("records")]
+
+    def server(version: str, follow: float) -> tuple[FraudDetector, CollectorRegistry]:
+        registry = CollectorRegistry()
+        detector = FraudDetector(
+            "fraud",
+            parse_model_uri(f"{store.root}#fraud:{version}"),
+            ServingConfig(log_process=False, log_flush_interval=0.1, follow_log_seconds=follow),
+            metrics=ServingMetrics(registry),
+            log_store=store,
+        )
+        detector.load()
+        return detector, registry
+
+    (stable, _), (canary, followed), (alone, _) = (
+        server("v1", 0.1),
+        server("v2", 0.1),
+        server("v2", 0),
+    )
+    try:
+        for i, row in enumerate(rows[:150]):  # a 50% canary, one transaction a request
+            for detector in (stable,) if i % 2 == 0 else (canary, alone):
+                detector.predict({"instances": [row]}, {})
+        deadline = time.monotonic() + 20
+        while (_followed(followed) or 0) < 75 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _followed(followed) == 75  # the stable's share, each transaction once
+        scores = {
+            name: [d.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]]
+            for name, d in (("canary", canary), ("alone", alone))
+        }
+    finally:
+        for detector in (stable, canary, alone):
+            detector.close()
+    np.testing.assert_allclose(scores["canary"], expected, rtol=1e-6)
+    assert not np.allclose(scores["alone"], expected, rtol=1e-6)
