@@ -39,6 +39,11 @@ class LocalModelServer(ModelServer):
 
     With latency logging off, it also leaves out the ``TimingMiddleware`` that KServe adds to
     every app only to feed that log (it resolves the route name of every request again).
+
+    Server readiness is the models' (the Open Inference Protocol's definition): KServe's
+    ``DataPlane.ready()`` answers True whatever their state, so gRPC ``ServerReady`` said
+    ready while the bundle was still loading or failing to load. (REST ``/v2/health/ready``
+    is answered by :mod:`serving.http`'s middleware, with the reason.)
     """
 
     def __init__(self, host: str = "0.0.0.0", **kwargs) -> None:
@@ -46,6 +51,13 @@ class LocalModelServer(ModelServer):
         self.host = host
         if not self.enable_latency_logging:
             _skip_timing_middleware()
+        server_ready = self.dataplane.ready
+
+        async def ready() -> bool:
+            models = self.registered_models.get_models().values()
+            return await server_ready() and all(model.ready for model in models)
+
+        self.dataplane.ready = ready
 
     async def _serve(self) -> None:
         if self._rest_server is not None:

@@ -534,6 +534,9 @@ class FraudDetector(Model):
             pad = [""] * k
             grid = np.array([codes + pad[len(codes) :] for codes in scored.reasons], object)
             outputs.append(InferOutput("reasons", [n, k], "BYTES", grid))
+        if request.from_grpc:  # KServe's to_grpc() tests ``if output.data``: lists only
+            for output in outputs:
+                output.data = output.data.ravel().tolist()
         return InferResponse(
             response_id=request.id or request_id,
             model_name=self.name,

@@ -95,8 +95,9 @@ class ServerProcess(LocalProcess):
         elif module == "fraudops serve":  # the CLI command, as `fraudops serve` will run it
             command = ["-c", CLI, "--http-port", str(self.http_port)]
         else:
+            self.grpc_port = free_port()  # served with --enable_grpc true
             command = ["-m", module, "--http_port", str(self.http_port)]
-            command += ["--grpc_port", str(free_port())]
+            command += ["--grpc_port", str(self.grpc_port)]
         super().__init__([*command, *args], self.url + ready_path, log, env, cwd=ROOT)
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -2,7 +2,8 @@
 
 One server (``python -m serving``) loads a tiny bundle trained in this module from an S3 store
 (moto's S3 server on 127.0.0.1) and writes its inference log there. Clients are KServe's own
-REST client (V1) and the Open Inference Protocol client of ``tritonclient.http`` (V2); scores,
+REST client (V1), the Open Inference Protocol client of ``tritonclient.http`` (V2) and
+KServe's gRPC client (V2 over gRPC); scores,
 decisions, reason codes and the logged features are compared with batch scoring of the same
 transactions. Other processes: a server stopped with SIGTERM (records in = records stored), a
 server refusing a tampered bundle, and the KServe-logger sink fed with real CloudEvents.
@@ -20,6 +21,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import httpx
 import numpy as np
 import pandas as pd
@@ -27,7 +29,7 @@ import pytest
 import tritonclient.http as triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kserve import InferenceRESTClient, RESTConfig
+from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import (
@@ -92,6 +94,8 @@ def server(s3_store, s3_env, tmp_path_factory):
             str(MAX_BODY),
             "--bundle_dir",
             str(tmp_path_factory.mktemp("bundles")),
+            "--enable_grpc",
+            "true",
         ],
         tmp_path_factory.mktemp("logs") / "server.log",
         env=s3_env,
@@ -173,11 +177,70 @@ def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _grpc_inputs(instances: list[dict]) -> list[InferInput]:
+    inputs = []
+    for t in tensors(instances):
+        if t["datatype"] == "BYTES":
+            values = np.array([v.encode() for v in t["data"]], dtype=np.object_)
+        else:
+            values = np.array([np.nan if v is None else v for v in t["data"]], dtype=np.float64)
+            if np.isnan(values).any():
+                continue  # leave out an optional numeric field some transactions lack
+        tensor = InferInput(t["name"], t["shape"], t["datatype"])
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    return inputs
+
+
+def _grpc_requests(server, requests: list[list[dict]]) -> list[dict]:
+    """Each request's outputs over gRPC, through KServe's own client."""
+
+    async def run():
+        client = InferenceGRPCClient(f"127.0.0.1:{server.grpc_port}", timeout=30)
+        try:
+            assert await client.is_server_ready()
+            out = []
+            for instances in requests:
+                request = InferRequest(model_name=MODEL, infer_inputs=_grpc_inputs(instances))
+                result = await client.infer(request)
+                outputs = {o.name: o.as_numpy() for o in result.outputs}
+                out.append(
+                    {
+                        "transaction_id": [_s(v) for v in outputs["transaction_id"]],
+                        "score": outputs["score"].tolist(),
+                        "decision": [_s(v) for v in outputs["decision"]],
+                        "reasons": [[_s(c) for c in row if _s(c)] for row in outputs["reasons"]],
+                        "model_version": result.model_version,
+                    }
+                )
+            return out
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def _rows(out: dict) -> list[dict]:
+    """One request's V2 outputs as one dict per transaction."""
+    return [
+        {"transaction_id": t, "score": s, "decision": d, "reasons": r, "model_version": v}
+        for t, s, d, r, v in zip(
+            out["transaction_id"],
+            out["score"],
+            out["decision"],
+            out["reasons"],
+            [out["model_version"]] * len(out["score"]),
+            strict=True,
+        )
+    ]
+
+
 def test_v1_and_v2_one_by_one_and_in_batches_match_batch_scoring(server, bundle, s3_store):
     new = later_transactions(260)
     rows = [instance(r) for r in new.to_dict("records")]
-    # one by one in time order: 120 over V1 (KServe's client), 60 over V2 (tritonclient,
-    # binary and JSON tensors), then a V1 batch of 40 and a V2 batch of 40
+    # one by one in time order: 120 over V1 (KServe's client), 40 over V2 (tritonclient,
+    # binary and JSON tensors), 10 over V2 on gRPC (KServe's client) and a gRPC batch of 10,
+    # then a V1 batch of 40 and a V2 batch of 40
     got: list[dict] = []
     for response in _v1_requests(server, [{"instances": [r]} for r in rows[:120]]):
         assert response["model_name"] == MODEL
@@ -185,18 +248,13 @@ def test_v1_and_v2_one_by_one_and_in_batches_match_batch_scoring(server, bundle,
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
     try:
         assert client.is_model_ready(MODEL)
-        for i, row in enumerate(rows[120:180]):
-            out = _v2_request(client, [row], binary=i % 2 == 0)
-            got.append({k: v[0] if k != "model_version" else v for k, v in out.items()})
+        for i, row in enumerate(rows[120:160]):
+            got += _rows(_v2_request(client, [row], binary=i % 2 == 0))
+        for out in _grpc_requests(server, [*([r] for r in rows[160:170]), rows[170:180]]):
+            got += _rows(out)
         (batch,) = _v1_requests(server, [{"instances": rows[180:220]}])
         got += batch["predictions"]
-        out = _v2_request(client, rows[220:260], binary=True)
-        got += [
-            {"transaction_id": t, "score": s, "decision": d, "reasons": r, "model_version": "v1"}
-            for t, s, d, r in zip(
-                out["transaction_id"], out["score"], out["decision"], out["reasons"], strict=True
-            )
-        ]
+        got += _rows(_v2_request(client, rows[220:260], binary=True))
     finally:
         client.close()
 
@@ -680,7 +738,7 @@ def test_a_bundle_that_cannot_load_serves_unready_with_the_reason_until_repaired
     model_file.write_bytes(b"{}")
     proc = ServerProcess(
         "serving",
-        ["--model_uri", str(copy), "--load_retry_seconds", "0.3"],
+        ["--model_uri", str(copy), "--load_retry_seconds", "0.3", "--enable_grpc", "true"],
         tmp_path / "server.log",
         ready_path="/v2/health/live",  # alive, not ready
     )
@@ -706,6 +764,10 @@ def test_a_bundle_that_cannot_load_serves_unready_with_the_reason_until_repaired
                 assert f"Model with name {MODEL} is not ready." in error, (what, error)
                 assert "model/model.json has sha256" in error, (what, error)
             assert client.get("/v2/health/live").status_code == 200
+            ready, answer = _grpc_ready_and_infer(proc, row)
+            assert not ready  # gRPC ServerReady as the REST probe
+            assert answer.startswith("UNAVAILABLE: Model with name fraud is not ready."), answer
+            assert "model/model.json has sha256" in answer
             deadline = time.monotonic() + 30
             while _value(_metrics(proc), "fraudops_model_load_failures_total", model=MODEL) < 3:
                 assert time.monotonic() < deadline, proc.output()
@@ -720,6 +782,7 @@ def test_a_bundle_that_cannot_load_serves_unready_with_the_reason_until_repaired
                 assert time.monotonic() < deadline, proc.output()
                 time.sleep(0.2)
             assert client.get(f"/v1/models/{MODEL}").json() == {"name": MODEL, "ready": True}
+            assert _grpc_ready_and_infer(proc, row) == (True, "OK")
             scored = client.post(V1, json={"instances": [row]})
             assert scored.status_code == 200, scored.text
             assert 0.0 <= scored.json()["predictions"][0]["score"] <= 1.0
@@ -729,6 +792,25 @@ def test_a_bundle_that_cannot_load_serves_unready_with_the_reason_until_repaired
     assert code == 0, proc.output()
     log = (tmp_path / "server.log").read_text()
     assert "retrying every 0.3 s" in log and f"model {MODEL} is ready (attempt" in log
+
+
+def _grpc_ready_and_infer(proc, row: dict) -> tuple[bool, str]:
+    """gRPC ``ServerReady``, and how ``ModelInfer`` of ``row`` ends (``CODE: details``)."""
+
+    async def run():
+        client = InferenceGRPCClient(f"127.0.0.1:{proc.grpc_port}", timeout=10, retries=0)
+        try:
+            ready = await client.is_server_ready()
+            request = InferRequest(model_name=MODEL, infer_inputs=_grpc_inputs([row]))
+            try:
+                await client.infer(request)
+            except grpc.aio.AioRpcError as e:
+                return ready, f"{e.code().name}: {e.details()}"
+            return ready, "OK"
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
 
 
 # -- the log sink -------------------------------------------------------------------------
