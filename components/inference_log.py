@@ -34,7 +34,6 @@ __all__ = [
     "batch_keys",
     "block_records",
     "make_record",
-    "read_batches",
     "read_frame",
     "read_records",
     "record_columns",
@@ -277,36 +276,6 @@ def _parse_timestamp_column(table, name: str):
     return table.set_column(table.column_names.index(name), name, parsed)
 
 
-def read_batches(
-    store: ObjectStore,
-    keys: Iterable[str],
-    columns: list[str] | None = None,
-    typed: bool = True,
-) -> pd.DataFrame:
-    """The records of these batches as one flat frame, in batch order (see :func:`read_frame`
-    for the columns, ``columns`` and ``typed``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    wanted = None if columns is None else sorted({"time", *columns})
-    tables = []
-    for key in keys:
-        table = pq.read_table(io.BytesIO(store.get_bytes(key)))
-        if wanted is not None:
-            table = table.select([c for c in wanted if c in table.column_names])
-        tables.append(table)
-    if not tables:
-        return pd.DataFrame(columns=wanted or ["time"])
-    table = pa.concat_tables(tables, promote_options="default")
-    if typed:
-        table = _parse_timestamp_column(table, TX + "timestamp")
-    # text columns repeat (ids, categories): categoricals are far cheaper to build and group
-    frame = table.to_pandas(strings_to_categorical=typed)
-    if not pd.api.types.is_datetime64_any_dtype(frame["time"]):  # batches written as text
-        frame["time"] = pd.to_datetime(frame["time"].astype(str), utc=True, format="ISO8601")
-    return frame
-
-
 def read_frame(
     store: ObjectStore,
     model: str,
@@ -323,10 +292,25 @@ def read_frame(
     categoricals. ``columns`` limits what is read (``time`` is always read). ``typed=False``
     keeps the logged values as they were written (only ``time`` is parsed).
     """
-    keys = batch_keys(store, model, version, start, end)
-    frame = read_batches(store, keys, columns, typed)
-    if not keys:
-        return frame
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wanted = None if columns is None else sorted({"time", *columns})
+    tables = []
+    for key in batch_keys(store, model, version, start, end):
+        table = pq.read_table(io.BytesIO(store.get_bytes(key)))
+        if wanted is not None:
+            table = table.select([c for c in wanted if c in table.column_names])
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame(columns=wanted or ["time"])
+    table = pa.concat_tables(tables, promote_options="default")
+    if typed:
+        table = _parse_timestamp_column(table, TX + "timestamp")
+    # text columns repeat (ids, categories): categoricals are far cheaper to build and group
+    frame = table.to_pandas(strings_to_categorical=typed)
+    if not pd.api.types.is_datetime64_any_dtype(frame["time"]):  # batches written as text
+        frame["time"] = pd.to_datetime(frame["time"].astype(str), utc=True, format="ISO8601")
     if start is not None:
         frame = frame[frame["time"] >= pd.Timestamp(start)]
     if end is not None:

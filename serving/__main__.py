@@ -12,6 +12,7 @@ Every KServe model-server option works (``--http_port``, ``--workers``, ``--enab
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -62,6 +63,9 @@ class LocalModelServer(ModelServer):
     async def _serve(self) -> None:
         if self._rest_server is not None:
             self._rest_server.config.host = self.host
+        for model in self.registered_models.get_models().values():
+            if hasattr(model, "event_loop"):  # where it scores (see FraudDetector.event_loop)
+                model.event_loop = asyncio.get_running_loop()
         await super()._serve()
 
 

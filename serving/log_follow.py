@@ -18,6 +18,7 @@ already in the state.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import threading
@@ -27,9 +28,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from components.inference_log import PREFIX, TX, batch_keys, read_batches
-from components.store import ObjectNotFoundError, ObjectStore, StoreError
+from components.inference_log import PREFIX, TX, batch_keys
+from components.store import ObjectStore, StoreUnavailableError
 
 __all__ = ["COLUMNS", "FollowLoop", "LogFollower", "Logged", "check_follow_interval"]
 
@@ -37,7 +40,10 @@ log = logging.getLogger("fraudops.serving")
 
 COLUMNS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
 """The logged transaction fields the online state needs."""
+IDS = ("transaction_id", "customer_id", "terminal_id")
 MAX_INTERVAL = 3_600.0
+MAX_WARNINGS = 5
+"""Batches left out that are named one by one in the log, per read."""
 
 
 def check_follow_interval(seconds: float) -> str | None:
@@ -57,10 +63,10 @@ class Logged:
     Attributes:
         rows: ``transaction_id``, ``timestamp`` (UTC), ``customer_id``, ``terminal_id``,
             ``amount``: once each, oldest first, only those after the snapshot.
-        batches: Batches read.
+        batches: Batches read (not counting those skipped).
         records: Records in them.
-        unreadable: Records left out because their timestamp cannot be read.
-        skipped: Batches left out: unreadable files, or deleted since they were listed.
+        unreadable: Records left out: an id, timestamp or amount missing or unreadable.
+        skipped: Batches left out (see :meth:`LogFollower._read`).
     """
 
     rows: pd.DataFrame
@@ -91,27 +97,27 @@ class LogFollower:
         self.seen: set[str] = set()
 
     def replay(self, since: datetime) -> Logged:
-        """Every version's transactions logged from ``since`` (e.g. a restart's history)."""
-        keys = batch_keys(self.store, self.model, None, since, None)
-        return self._read(keys)
+        """Every version's transactions logged from ``since`` (e.g. a restart's history).
+
+        Raises:
+            StoreError: the store cannot be listed, or is unavailable.
+        """
+        return self._read(batch_keys(self.store, self.model, None, since, None))
 
     def poll(self, now: datetime | None = None) -> Logged:
         """The other versions' transactions in batches not read before.
 
         Lists the date partitions of today and yesterday only (a batch written just after
-        midnight may still hold yesterday's records): a few small listings per poll.
+        midnight may still hold yesterday's records).
+
+        Raises:
+            StoreError: the store cannot be listed, or is unavailable; no batch counts as read,
+                the next poll reads them.
         """
         keys = self._recent_keys(now)
         fresh = [k for k in keys if k not in self.seen]
         self.seen.intersection_update(keys)  # older partitions are never listed again
-        try:
-            return self._read(fresh)
-        except StoreError as e:
-            if isinstance(e, ObjectNotFoundError):
-                return self._read_each(fresh)
-            raise  # the store is down: the same batches next poll
-        except Exception:  # one unreadable batch must not hold back the others forever
-            return self._read_each(fresh)
+        return self._read(fresh)
 
     def skip_existing(self, now: datetime | None = None) -> None:
         """Count the batches already written as read (a server that does not replay)."""
@@ -131,41 +137,67 @@ class LogFollower:
                 ]
         return keys
 
-    def _read_each(self, keys: list[str]) -> Logged:
-        good, skipped = [], []
+    def _read(self, keys: list[str]) -> Logged:
+        """The transactions of these batches, each batch on its own: a batch that cannot be
+        read (not Parquet, a checksum mismatch, a column missing or of another type, deleted
+        since it was listed) is left out once, with a warning; only a store that is
+        unavailable stops the read (and nothing counts as read)."""
+        frames, skipped = [], []
         for key in keys:
             try:
-                read_batches(self.store, [key], [TX + c for c in COLUMNS])
-            except StoreError as e:
-                if not isinstance(e, ObjectNotFoundError):
-                    raise
-                skipped.append(key)  # deleted since it was listed (log retention)
+                frames.append(self._batch(key))
+            except StoreUnavailableError:
+                raise
             except Exception as e:
-                log.warning("inference log batch %s cannot be read (%s); left out", key, e)
                 skipped.append(key)
-            else:
-                good.append(key)
-        self.seen.update(skipped)
-        logged = self._read(good)
-        return Logged(logged.rows, logged.batches, logged.records, logged.unreadable, skipped)
-
-    def _read(self, keys: list[str]) -> Logged:
-        columns = [TX + c for c in COLUMNS]
-        frame = read_batches(self.store, keys, columns)
+                if len(skipped) <= MAX_WARNINGS:
+                    log.warning("inference log batch %s cannot be read (%s); left out", key, e)
+        if len(skipped) > MAX_WARNINGS:
+            log.warning(
+                "... and %d more inference log batches left out", len(skipped) - MAX_WARNINGS
+            )
         self.seen.update(keys)
-        records = len(frame)
-        if frame.empty or not set(columns) <= set(frame.columns):
-            return Logged(pd.DataFrame(columns=list(COLUMNS)), len(keys), records, 0)
-        rows = frame[columns].rename(columns=lambda c: c.removeprefix(TX))
+        if not frames:
+            return Logged(
+                pd.DataFrame(columns=list(COLUMNS)), len(keys) - len(skipped), 0, 0, skipped
+            )
+        rows = pd.concat(frames, ignore_index=True)
+        records = len(rows)
         rows["timestamp"] = pd.to_datetime(
             rows["timestamp"], utc=True, format="ISO8601", errors="coerce"
         )
-        unreadable = int(rows["timestamp"].isna().sum())
-        rows = rows[rows["timestamp"].notna()]
+        readable = rows.notna().all(axis=1)
+        rows = rows[readable]
+        for name in IDS:
+            rows[name] = rows[name].astype(str)
         if self.after is not None:
             rows = rows[rows["timestamp"] > self.after]
         rows = rows.drop_duplicates("transaction_id").sort_values("timestamp", kind="stable")
-        return Logged(rows.reset_index(drop=True), len(keys), records, unreadable)
+        return Logged(
+            rows.reset_index(drop=True),
+            len(keys) - len(skipped),
+            records,
+            records - int(readable.sum()),
+            skipped,
+        )
+
+    def _batch(self, key: str) -> pd.DataFrame:
+        """One batch's transaction fields, typed alike whatever wrote them (ids as text,
+        amounts as float, timestamps as text; missing values stay missing)."""
+        table = pq.read_table(io.BytesIO(self.store.get_bytes(key)))
+        missing = [TX + c for c in COLUMNS if TX + c not in table.column_names]
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)}")
+        table = table.select([TX + c for c in COLUMNS])
+        for name in IDS:  # in Arrow: integer ids with gaps would become floats in pandas
+            at = table.column_names.index(TX + name)
+            table = table.set_column(at, TX + name, table.column(at).cast(pa.string()))
+        frame = table.to_pandas()
+        frame.columns = list(COLUMNS)
+        if frame["timestamp"].dtype != object:  # e.g. written as Arrow timestamps
+            frame["timestamp"] = frame["timestamp"].astype(str)
+        frame["amount"] = pd.to_numeric(frame["amount"], errors="coerce")
+        return frame
 
 
 class FollowLoop:
@@ -215,9 +247,7 @@ class FollowLoop:
         while not self._stop.wait(self.interval):
             try:
                 logged = self.follower.poll()
-                if len(logged.rows):
-                    self.add(logged.rows)
-            except Exception as e:  # the store is down, a batch is unreadable: next poll
+            except Exception as e:  # the store is down or cannot be listed: next poll
                 reason = f"{type(e).__name__}: {e}"
                 if reason != last:
                     log.warning(
@@ -233,10 +263,15 @@ class FollowLoop:
             if last is not None:
                 log.info("reading the other versions' inference log again")
                 last = None
+            if len(logged.rows):
+                try:
+                    self.add(logged.rows)
+                except Exception:  # e.g. at shutdown; the next batches still arrive
+                    log.exception("cannot queue %d followed transaction(s)", len(logged.rows))
             if logged.unreadable:
                 log.warning(
-                    "inference log: %d record(s) of other versions without a readable "
-                    "timestamp left out",
+                    "inference log: %d record(s) of other versions without a readable id, "
+                    "timestamp or amount left out",
                     logged.unreadable,
                 )
             if self.on_poll is not None:

@@ -12,12 +12,14 @@ bad input ``InvalidInput`` subclasses (HTTP 4xx).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,6 +52,8 @@ __all__ = ["FraudDetector", "ServingConfig"]
 log = logging.getLogger("fraudops.serving")
 
 _NO_FEATURES = np.zeros((0, 0), dtype=np.float32)
+FOLLOW_CHUNK = 2_000
+"""Other versions' transactions added to the state per event-loop turn (a few ms)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,11 @@ class FraudDetector(Model):
         self._download: Path | None = None
         self._load_lock = threading.Lock()
         self._follow_loop: FollowLoop | None = None
+        self._scored_elsewhere: deque = deque()  # kept by every scorer of this model
+        self.event_loop: asyncio.AbstractEventLoop | None = None
+        """The loop requests are scored on (set by ``python -m serving``): the other
+        versions' transactions are added there as they arrive; without it, before the next
+        request is scored."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -298,6 +307,7 @@ class FraudDetector(Model):
             )
             state = fresh
         scorer.state = state
+        scorer.scored_elsewhere = self._scored_elsewhere
         schema = TransactionSchema(
             extra_numeric=spec.extra_numeric,
             max_batch=config.max_batch,
@@ -333,12 +343,17 @@ class FraudDetector(Model):
                 follower.skip_existing()
                 return 0
             logged = follower.replay(datetime.now(UTC) - timedelta(days=days))
-        except (StoreError, OSError, ValueError) as e:
-            log.warning("cannot replay the inference log (%s); starting from the snapshot", e)
+        except Exception as e:  # the server starts from the snapshot rather than not at all
+            log.warning(
+                "cannot replay the inference log (%s: %s); starting from the snapshot",
+                type(e).__name__,
+                e,
+            )
             return 0
         if logged.unreadable:  # a record this replay cannot place in time must not stop it
             log.warning(
-                "inference log replay: %d record(s) without a readable timestamp left out",
+                "inference log replay: %d record(s) without a readable id, timestamp or amount "
+                "left out",
                 logged.unreadable,
             )
         if logged.rows.empty:
@@ -346,26 +361,49 @@ class FraudDetector(Model):
         return state.load_frame(logged.rows.assign(**{LABEL: 0.0}))
 
     def _follow(self, follower: LogFollower | None) -> None:
-        """Start reading the other versions' traffic into the state (see ``follow_log_seconds``)."""
+        """Start reading the other versions' traffic into the state (see ``follow_log_seconds``).
+
+        No follower (the state was kept from an earlier load, or given): a loop already
+        running goes on feeding that state.
+        """
+        if follower is None or self.config.follow_log_seconds <= 0:
+            return
         if self._follow_loop is not None:
             self._follow_loop.stop()
-            self._follow_loop = None
-        if follower is not None and self.config.follow_log_seconds > 0:
-            self._follow_loop = FollowLoop(
-                follower, self._add_followed, self.config.follow_log_seconds, self._polled
-            ).start()
+        if self.metrics is not None:  # exported from the start, at 0 (alerts use increase())
+            self.metrics.state_followed.labels(self.name)
+            self.metrics.state_follow_failures.labels(self.name)
+        self._follow_loop = FollowLoop(
+            follower, self._add_followed, self.config.follow_log_seconds, self._polled
+        ).start()
 
     def _add_followed(self, rows: pd.DataFrame) -> None:
+        """Queue a poll's transactions in chunks (the follow thread); the event loop adds them."""
         scorer = self.scorer
         if scorer is None or rows.empty:
             return
         time_ms = (rows["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
-        scorer.add_scored_elsewhere(
+        columns = (
             rows["customer_id"].astype(str).tolist(),
             rows["terminal_id"].astype(str).tolist(),
             time_ms.to_numpy(np.int64),
             rows["amount"].to_numpy(np.float64),
         )
+        for start in range(0, len(rows), FOLLOW_CHUNK):
+            scorer.add_scored_elsewhere(*(c[start : start + FOLLOW_CHUNK] for c in columns))
+        loop = self.event_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._apply_followed)
+
+    def _apply_followed(self) -> None:
+        """On the event loop: one chunk into the state, the rest on later turns (requests
+        are scored in between)."""
+        scorer = self.scorer
+        if scorer is None or self._closed:
+            return
+        scorer.apply_scored_elsewhere(limit=1)
+        if scorer.scored_elsewhere and self.event_loop is not None:
+            self.event_loop.call_soon(self._apply_followed)
 
     def _polled(self, logged: Logged | None, error: Exception | None) -> None:
         if self.metrics is None:

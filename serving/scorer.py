@@ -89,7 +89,9 @@ class Scorer:
         self.features = OnlineFeatures(self.spec, self.model.feature_names)
         compile_kernels()
         self.state = state
-        self._scored_elsewhere: deque[tuple[list[str], list[str], np.ndarray, np.ndarray]] = deque()
+        self.scored_elsewhere: deque[tuple[list[str], list[str], np.ndarray, np.ndarray]] = deque()
+        """Transactions scored by other servers, waiting for the state (may be shared with a
+        scorer this one replaces)."""
         self.n_reasons = n_reasons
         self.reasons_for: ReasonsFor = reasons_for
         self.contributions = contributions
@@ -108,19 +110,32 @@ class Scorer:
         amount: np.ndarray,
     ) -> None:
         """Queue transactions another server scored (another version of the model) for the
-        online state; they are added before the next request is scored.
+        online state: :meth:`apply_scored_elsewhere` adds them, at the latest before the next
+        request is scored.
 
-        Safe to call from any thread: the state itself is only ever changed by :meth:`score`,
-        on the thread that serves requests, so scoring needs no lock.
+        Safe to call from any thread: the state itself is only ever changed on the thread
+        that scores (:meth:`score`, :meth:`apply_scored_elsewhere`), so scoring needs no lock.
         """
-        self._scored_elsewhere.append((customer_ids, terminal_ids, time_ms, amount))
+        self.scored_elsewhere.append((customer_ids, terminal_ids, time_ms, amount))
+
+    def apply_scored_elsewhere(self, limit: int | None = None) -> int:
+        """Add up to ``limit`` queued chunks (all: None) to the state, on the scoring thread;
+        returns the number of transactions added."""
+        added = 0
+        queue = self.scored_elsewhere
+        while queue and (limit is None or limit > 0):
+            chunk = queue.popleft()
+            self.state.append(*chunk)  # type: ignore[union-attr]
+            added += len(chunk[0])
+            limit = None if limit is None else limit - 1
+        return added
 
     def score(self, batch: TransactionBatch) -> Scored:
         """Score ``batch``, then add it to the online state."""
         if self.state is None:
             raise RuntimeError("the scorer has no online state yet")
-        while self._scored_elsewhere:
-            self.state.append(*self._scored_elsewhere.popleft())
+        if self.scored_elsewhere:
+            self.apply_scored_elsewhere()
         q_cust, customers = entity_codes(batch.customer_id)
         q_term, terminals = entity_codes(batch.terminal_id)
         history = self.state.history_for(customers, terminals)

@@ -6,6 +6,8 @@ log writers. The one fake is a store that is down for its first listings (a fail
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -13,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
-from serving_helpers import instance, later_transactions
-from test_serving_units import bundle  # noqa: F401  (the module's trained bundle fixture)
+from serving_helpers import instance, later_transactions, shared_model
 
-from components.bundle import register_bundle
+from components.bundle import Bundle, fetch_bundle, register_bundle
 from components.features import compute_features
 from components.inference_log import make_record, write_batch
 from components.store import LocalStore, StoreUnavailableError
@@ -26,6 +27,16 @@ from serving.model import FraudDetector, ServingConfig
 from serving.source import parse_model_uri
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Bundle:
+    trained = shared_model(tmp_path_factory)
+    return fetch_bundle(
+        LocalStore(trained.store), trained.name, "champion", tmp_path_factory.mktemp("b")
+    )
+
+
 SNAPSHOT_END = pd.Timestamp("2026-05-15T00:00:00Z")
 
 
@@ -77,17 +88,48 @@ def test_a_poll_reads_each_batch_of_the_other_versions_once(tmp_path):
     assert sorted(replayed.rows["transaction_id"]) == ["a", "b", "c", "d", "old", "own-1"]
 
 
-def test_an_unreadable_batch_is_left_out_once_and_the_others_are_read(tmp_path):
+def test_a_batch_that_cannot_be_read_is_left_out_once_and_the_others_are_read(tmp_path):
     store = LocalStore(tmp_path)
     follower = LogFollower(store, "fraud", "v1", None)
     _batch(store, "v2", ["a"], NOW)
     broken = "inference-log/fraud/v2/date=2026-06-01/120000000000-broken.parquet"
     store.put_bytes(broken, b"not parquet")
+    tampered = _batch(store, "v2", ["t"], NOW)
+    (store.root / tampered).write_bytes((store.root / tampered).read_bytes() + b"x")  # sha256
+    no_amount = "inference-log/fraud/v2/date=2026-06-01/120000000001-other.parquet"
+    frame = pd.DataFrame({"time": [NOW], "tx.transaction_id": ["z"], "tx.timestamp": ["x"]})
+    store.put_bytes(no_amount, frame.to_parquet())
     _batch(store, "v2", ["b"], NOW)
     logged = follower.poll(NOW)
     assert sorted(logged.rows["transaction_id"]) == ["a", "b"]
-    assert logged.skipped == [broken]
+    assert sorted(logged.skipped) == sorted([broken, tampered, no_amount])
     assert follower.poll(NOW).batches == 0  # not tried again on every poll
+    _batch(store, "v2", ["c"], NOW)
+    assert list(follower.poll(NOW).rows["transaction_id"]) == ["c"]
+    replayed = LogFollower(store, "fraud", "v1", None).replay(NOW - timedelta(days=1))
+    assert sorted(replayed.rows["transaction_id"]) == ["a", "b", "c"]  # a restart keeps them
+
+
+def test_batches_typed_differently_are_read_alike(tmp_path):
+    """Another writer's batch (integer amounts and ids, a missing id) next to the server's."""
+    store = LocalStore(tmp_path)
+    _batch(store, "v2", ["a"], NOW)
+    odd = pd.DataFrame(
+        {
+            "time": [NOW, NOW, NOW],
+            "tx.transaction_id": [7, 8, 9],
+            "tx.timestamp": [NOW.isoformat()] * 3,
+            "tx.customer_id": [101, None, 103],
+            "tx.terminal_id": [5, 5, 5],
+            "tx.amount": [12, 13, 14],
+        }
+    )
+    store.put_bytes("inference-log/fraud/v2/date=2026-06-01/1-odd.parquet", odd.to_parquet())
+    logged = LogFollower(store, "fraud", "v1", None).poll(NOW)
+    assert (logged.batches, logged.records, logged.unreadable, logged.skipped) == (2, 4, 1, [])
+    rows = logged.rows.set_index("transaction_id")
+    assert rows.loc["9", ["customer_id", "terminal_id", "amount"]].tolist() == ["103", "5", 14.0]
+    assert rows["amount"].dtype == np.float64
 
 
 def test_a_server_that_does_not_replay_does_not_read_old_batches_either(tmp_path):
@@ -150,9 +192,8 @@ def _followed(registry: CollectorRegistry) -> float:
     return registry.get_sample_value("fraudops_online_state_followed_total", {"model": "fraud"})
 
 
-def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):  # noqa: F811
-    """Stable v1 and canary v2 split the traffic; the canary then scores as batch scoring over
-    all of it does, and a canary that does not follow the log does not."""
+def _two_versions(bundle, tmp_path) -> LocalStore:
+    """A store with the bundle registered twice, as v1 and v2."""
     store = LocalStore(tmp_path / "store")
     folder = tmp_path / "bundle"
     folder.mkdir()
@@ -163,33 +204,45 @@ def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):  
             target.write_bytes(path.read_bytes())
     for _ in range(2):
         register_bundle(store, "fraud", folder, {})
+    return store
+
+
+def _server(store, version: str, follow: float) -> tuple[FraudDetector, CollectorRegistry]:
+    registry = CollectorRegistry()
+    detector = FraudDetector(
+        "fraud",
+        parse_model_uri(f"{store.root}#fraud:{version}"),
+        ServingConfig(log_process=False, log_flush_interval=0.1, follow_log_seconds=follow),
+        metrics=ServingMetrics(registry),
+        log_store=store,
+    )
+    detector.load()
+    return detector, registry
+
+
+def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):
+    """Stable v1 and canary v2 split the traffic; the canary then scores as batch scoring over
+    all of it does, and a canary that does not follow the log does not. The canary loads its
+    bundle again halfway: it goes on following."""
+    store = _two_versions(bundle, tmp_path)
     spec, model = bundle.spec(), bundle.model()
     snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
     new = later_transactions(240, seed=11)
     expected = model.predict(compute_features(new, spec, history=snapshot))[150:]
     rows = [instance(r) for r in new.to_dict("records")]
 
-    def server(version: str, follow: float) -> tuple[FraudDetector, CollectorRegistry]:
-        registry = CollectorRegistry()
-        detector = FraudDetector(
-            "fraud",
-            parse_model_uri(f"{store.root}#fraud:{version}"),
-            ServingConfig(log_process=False, log_flush_interval=0.1, follow_log_seconds=follow),
-            metrics=ServingMetrics(registry),
-            log_store=store,
-        )
-        detector.load()
-        return detector, registry
-
     (stable, _), (canary, followed), (alone, _) = (
-        server("v1", 0.1),
-        server("v2", 0.1),
-        server("v2", 0),
+        _server(store, "v1", 0.1),
+        _server(store, "v2", 0.1),
+        _server(store, "v2", 0),
     )
+    assert _followed(followed) == 0  # exported from the start
     try:
         for i, row in enumerate(rows[:150]):  # a 50% canary, one transaction a request
             for detector in (stable,) if i % 2 == 0 else (canary, alone):
                 detector.predict({"instances": [row]}, {})
+            if i == 75:
+                canary.load_bundle()
         deadline = time.monotonic() + 20
         while (_followed(followed) or 0) < 75 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -203,3 +256,39 @@ def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):  
             detector.close()
     np.testing.assert_allclose(scores["canary"], expected, rtol=1e-6)
     assert not np.allclose(scores["alone"], expected, rtol=1e-6)
+
+
+def test_the_event_loop_adds_the_followed_transactions_between_requests(
+    bundle, tmp_path, monkeypatch
+):
+    """An idle canary's state takes in the stable's traffic on its event loop, in chunks,
+    without waiting for a request of its own."""
+    monkeypatch.setattr("serving.model.FOLLOW_CHUNK", 7)
+    store = _two_versions(bundle, tmp_path)
+    rows = [instance(r) for r in later_transactions(100, seed=12).to_dict("records")]
+    (stable, _), (canary, followed) = _server(store, "v1", 0.1), _server(store, "v2", 0.1)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    canary.event_loop = loop
+
+    def on_loop(call):  # the state is only touched on the loop's thread, as in the server
+        async def run():
+            return call()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result()
+
+    try:
+        before = on_loop(canary.state.stats)["customer_rows"]
+        stable.predict({"instances": rows}, {})
+        deadline = time.monotonic() + 20
+        while on_loop(canary.state.stats)["customer_rows"] < before + 100:
+            assert time.monotonic() < deadline, (_followed(followed), before)
+            time.sleep(0.05)
+        assert on_loop(lambda: len(canary.scorer.scored_elsewhere)) == 0
+        assert _followed(followed) == 100
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        stable.close()
+        canary.close()

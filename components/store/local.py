@@ -34,7 +34,6 @@ from components.store.base import (
     StoreError,
     StorePermissionError,
     check_checksum,
-    collapse_keys,
     download_to,
     iter_chunks,
     validate_key,
@@ -342,6 +341,8 @@ class LocalStore(ObjectStore):
         start = self.root.joinpath(*directory.split("/")) if directory else self.root
         if not start.is_dir():
             return []
+        if not recursive:  # one directory read, not a walk of everything below it
+            return self._list_level(start, prefix, directory)
         keys: list[str] = []
 
         def on_error(exc: OSError) -> None:
@@ -358,7 +359,28 @@ class LocalStore(ObjectStore):
             keys.extend(
                 rel_prefix + name for name in filenames if (rel_prefix + name).startswith(prefix)
             )
-        return sorted(keys) if recursive else collapse_keys(keys, prefix)
+        return sorted(keys)
+
+    def _list_level(self, start: Path, prefix: str, directory: str) -> list[str]:
+        """:meth:`list` with ``recursive=False``: the keys and "directories" (those holding a
+        key somewhere below, as S3 lists them) in ``start`` that begin with ``prefix``."""
+        at = directory + "/" if directory else ""
+        keys = []
+        try:
+            entries = list(os.scandir(start))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._os_error(exc, self.uri, "list") from exc
+        for entry in entries:
+            key = at + entry.name
+            if not key.startswith(prefix) or (not at and entry.name in (META_DIR, TMP_DIR)):
+                continue
+            if not entry.is_dir():
+                keys.append(key)
+            elif any(files for _, _, files in os.walk(entry.path)):
+                keys.append(key + "/")
+        return sorted(keys)
 
     def delete(self, key: str) -> None:
         """Delete the object and its checksum; prune directories left empty."""
