@@ -32,7 +32,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.inference_log import PREFIX, TX, batch_keys
-from components.store import ObjectStore, StoreUnavailableError
+from components.store import (
+    ChecksumMismatchError,
+    ObjectNotFoundError,
+    ObjectStore,
+    StoreError,
+    StoreUnavailableError,
+)
 
 __all__ = ["COLUMNS", "FollowLoop", "LogFollower", "Logged", "check_follow_interval"]
 
@@ -44,6 +50,8 @@ IDS = ("transaction_id", "customer_id", "terminal_id")
 MAX_INTERVAL = 3_600.0
 MAX_WARNINGS = 5
 """Batches left out that are named one by one in the log, per read."""
+MAX_ATTEMPTS = 12
+"""Reads of a batch the store fails to give (not when it is down) before it is left out."""
 
 
 def check_follow_interval(seconds: float) -> str | None:
@@ -95,6 +103,7 @@ class LogFollower:
         self.version = version
         self.after = after
         self.seen: set[str] = set()
+        self.attempts: dict[str, int] = {}
 
     def replay(self, since: datetime) -> Logged:
         """Every version's transactions logged from ``since`` (e.g. a restart's history).
@@ -138,29 +147,46 @@ class LogFollower:
         return keys
 
     def _read(self, keys: list[str]) -> Logged:
-        """The transactions of these batches, each batch on its own: a batch that cannot be
-        read (not Parquet, a checksum mismatch, a column missing or of another type, deleted
-        since it was listed) is left out once, with a warning; only a store that is
-        unavailable stops the read (and nothing counts as read)."""
-        frames, skipped = [], []
+        """The transactions of these batches, each batch on its own.
+
+        A batch whose content cannot be used (not Parquet, failing its sha256, a column missing
+        or of another type, deleted since it was listed) is left out once, with a warning. A
+        batch the store fails to give (permission, an S3 error) is tried again at the next
+        reads, and left out after :data:`MAX_ATTEMPTS`. A store that is unavailable stops the
+        read: nothing counts as read.
+        """
+        frames, skipped, later = [], [], []
         for key in keys:
             try:
                 frames.append(self._batch(key))
             except StoreUnavailableError:
                 raise
-            except Exception as e:
+            except StoreError as e:
+                if isinstance(e, ChecksumMismatchError | ObjectNotFoundError):
+                    skipped.append(key)
+                    self._left_out(key, e, len(skipped))
+                    continue
+                self.attempts[key] = attempt = self.attempts.get(key, 0) + 1
+                if attempt < MAX_ATTEMPTS:
+                    later.append(key)
+                    if attempt == 1:
+                        log.warning("inference log batch %s: %s; trying again", key, e)
+                else:
+                    skipped.append(key)
+                    self._left_out(key, f"{e}, {attempt} attempts", len(skipped))
+            except Exception as e:  # the content: not Parquet, columns, types
                 skipped.append(key)
-                if len(skipped) <= MAX_WARNINGS:
-                    log.warning("inference log batch %s cannot be read (%s); left out", key, e)
+                self._left_out(key, e, len(skipped))
         if len(skipped) > MAX_WARNINGS:
             log.warning(
                 "... and %d more inference log batches left out", len(skipped) - MAX_WARNINGS
             )
-        self.seen.update(keys)
+        self.seen.update(set(keys).difference(later))
+        for key in set(self.attempts).difference(later):
+            del self.attempts[key]
+        read = len(keys) - len(skipped) - len(later)
         if not frames:
-            return Logged(
-                pd.DataFrame(columns=list(COLUMNS)), len(keys) - len(skipped), 0, 0, skipped
-            )
+            return Logged(pd.DataFrame(columns=list(COLUMNS)), read, 0, 0, skipped)
         rows = pd.concat(frames, ignore_index=True)
         records = len(rows)
         rows["timestamp"] = pd.to_datetime(
@@ -175,11 +201,16 @@ class LogFollower:
         rows = rows.drop_duplicates("transaction_id").sort_values("timestamp", kind="stable")
         return Logged(
             rows.reset_index(drop=True),
-            len(keys) - len(skipped),
+            read,
             records,
             records - int(readable.sum()),
             skipped,
         )
+
+    @staticmethod
+    def _left_out(key: str, reason: object, count: int) -> None:
+        if count <= MAX_WARNINGS:
+            log.warning("inference log batch %s cannot be read (%s); left out", key, reason)
 
     def _batch(self, key: str) -> pd.DataFrame:
         """One batch's transaction fields, typed alike whatever wrote them (ids as text,

@@ -508,7 +508,7 @@ class FraudDetector(Model):
         else:
             batch = from_instances(_json(payload), self.schema)
         try:
-            scored = self.scorer.score(batch)
+            scored = self.scorer.score(batch, 1 if self.event_loop is not None else None)
         except ServingError:
             raise
         except Exception as e:

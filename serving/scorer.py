@@ -110,8 +110,8 @@ class Scorer:
         amount: np.ndarray,
     ) -> None:
         """Queue transactions another server scored (another version of the model) for the
-        online state: :meth:`apply_scored_elsewhere` adds them, at the latest before the next
-        request is scored.
+        online state: :meth:`apply_scored_elsewhere` adds them, chunk by chunk (before a
+        request is scored, see :meth:`score`, and wherever the caller schedules it).
 
         Safe to call from any thread: the state itself is only ever changed on the thread
         that scores (:meth:`score`, :meth:`apply_scored_elsewhere`), so scoring needs no lock.
@@ -130,12 +130,19 @@ class Scorer:
             limit = None if limit is None else limit - 1
         return added
 
-    def score(self, batch: TransactionBatch) -> Scored:
-        """Score ``batch``, then add it to the online state."""
+    def score(self, batch: TransactionBatch, catch_up: int | None = None) -> Scored:
+        """Score ``batch``, then add it to the online state.
+
+        Args:
+            batch: Validated transactions.
+            catch_up: Chunks of other servers' transactions added to the state first (all:
+                None). A server whose event loop adds them between requests passes 1, so a
+                large catch-up never holds one request for long.
+        """
         if self.state is None:
             raise RuntimeError("the scorer has no online state yet")
         if self.scored_elsewhere:
-            self.apply_scored_elsewhere()
+            self.apply_scored_elsewhere(catch_up)
         q_cust, customers = entity_codes(batch.customer_id)
         q_term, terminals = entity_codes(batch.terminal_id)
         history = self.state.history_for(customers, terminals)

@@ -20,11 +20,12 @@ from serving_helpers import instance, later_transactions, shared_model
 from components.bundle import Bundle, fetch_bundle, register_bundle
 from components.features import compute_features
 from components.inference_log import make_record, write_batch
-from components.store import LocalStore, StoreUnavailableError
+from components.store import LocalStore, StorePermissionError, StoreUnavailableError
 from serving.log_follow import FollowLoop, LogFollower, check_follow_interval
 from serving.metrics import ServingMetrics
 from serving.model import FraudDetector, ServingConfig
 from serving.source import parse_model_uri
+from serving.transactions import from_instances
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
@@ -153,6 +154,52 @@ class _DownAtFirst(LocalStore):
             self.failures -= 1
             raise StoreUnavailableError("s3://fraudops: connection refused")
         return super().list(prefix, recursive)
+
+
+class _Refusing(LocalStore):
+    """A local store that refuses to give some objects, as S3 does on a permission error."""
+
+    def __init__(self, root, refusals: dict[str, int]) -> None:
+        super().__init__(root)
+        self.refusals = refusals  # key -> times left (a large number: always)
+
+    def get_bytes(self, key: str) -> bytes:
+        if self.refusals.get(key, 0) > 0:
+            self.refusals[key] -= 1
+            raise StorePermissionError(f"s3://fraudops/{key}: AccessDenied")
+        return super().get_bytes(key)
+
+
+def test_a_batch_the_store_refuses_is_tried_again_then_left_out(tmp_path, monkeypatch):
+    monkeypatch.setattr("serving.log_follow.MAX_ATTEMPTS", 3)
+    store = _Refusing(tmp_path, {})
+    follower = LogFollower(store, "fraud", "v1", None)
+    _batch(store, "v2", ["a"], NOW)
+    twice = _batch(store, "v2", ["b"], NOW)
+    always = _batch(store, "v2", ["c"], NOW)
+    store.refusals.update({twice: 2, always: 10**6})
+    polls = [follower.poll(NOW) for _ in range(4)]
+    assert [sorted(p.rows["transaction_id"]) for p in polls] == [["a"], [], ["b"], []]
+    assert [p.skipped for p in polls] == [[], [], [always], []]
+    assert follower.attempts == {}  # nothing left to try
+
+
+def test_a_request_catches_up_one_chunk_when_the_event_loop_adds_the_rest(bundle, tmp_path):
+    store = _two_versions(bundle, tmp_path)
+    detector, _ = _server(store, "v2", 0)
+    try:
+        scorer = detector.scorer
+        for i in range(3):
+            scorer.add_scored_elsewhere(["c-x"], ["t-x"], np.array([i]), np.array([1.0]))
+        batch = from_instances(
+            {"instances": [instance(later_transactions(1).iloc[0])]}, detector.schema
+        )
+        scorer.score(batch, catch_up=1)
+        assert len(scorer.scored_elsewhere) == 2
+        scorer.score(batch)
+        assert len(scorer.scored_elsewhere) == 0
+    finally:
+        detector.close()
 
 
 def test_the_loop_counts_failed_polls_and_loses_nothing_once_the_store_is_back(tmp_path):
