@@ -147,16 +147,24 @@ def _v1_requests(server, bodies: list[dict]) -> list[dict]:
     return asyncio.run(run())
 
 
-def _v2_request(client, instances: list[dict], binary: bool) -> dict:
-    inputs = []
+def _tensor_values(instances: list[dict]) -> list[tuple[dict, np.ndarray]]:
+    """Each field's V2 tensor (``tensors``) with its values as a numpy array."""
+    out = []
     for t in tensors(instances):
-        tensor = triton.InferInput(t["name"], t["shape"], t["datatype"])
         if t["datatype"] == "BYTES":
             values = np.array([v.encode() for v in t["data"]], dtype=np.object_)
         else:
             values = np.array([np.nan if v is None else v for v in t["data"]], dtype=np.float64)
             if np.isnan(values).any():
                 continue  # leave out an optional numeric field some transactions lack
+        out.append((t, values))
+    return out
+
+
+def _v2_request(client, instances: list[dict], binary: bool) -> dict:
+    inputs = []
+    for t, values in _tensor_values(instances):
+        tensor = triton.InferInput(t["name"], t["shape"], t["datatype"])
         tensor.set_data_from_numpy(values, binary_data=binary)
         inputs.append(tensor)
     outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("score", "reasons")]
@@ -179,13 +187,7 @@ def _s(value) -> str:
 
 def _grpc_inputs(instances: list[dict]) -> list[InferInput]:
     inputs = []
-    for t in tensors(instances):
-        if t["datatype"] == "BYTES":
-            values = np.array([v.encode() for v in t["data"]], dtype=np.object_)
-        else:
-            values = np.array([np.nan if v is None else v for v in t["data"]], dtype=np.float64)
-            if np.isnan(values).any():
-                continue  # leave out an optional numeric field some transactions lack
+    for t, values in _tensor_values(instances):
         tensor = InferInput(t["name"], t["shape"], t["datatype"])
         tensor.set_data_from_numpy(values)
         inputs.append(tensor)
