@@ -445,8 +445,9 @@ def _labels(run: _Run) -> None:
                 f"{version}: precision {realised['precision']}, recall {realised['recall']} "
                 f"on {realised['transactions']:,} tx"
             )
-        row["result"] = f"{ingest.matched:,} of {ingest.labels_in:,} labels matched; " + "; ".join(
-            per_version
+        row["result"] = (
+            f"{ingest.matched:,} of {ingest.labels_in:,} labels matched, {ingest.placed:,} "
+            "placed for the servers' online state; " + "; ".join(per_version)
         )
 
 

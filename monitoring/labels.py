@@ -1,17 +1,18 @@
 """Late labels: join confirmed fraud and chargebacks to logged predictions; realised performance.
 
-Labels arrive days or weeks after scoring. Each ingested file is kept (``labels/<model>/...``),
-joined by ``transaction_id`` to the inference log, and turned into a per-day table of realised
-precision, recall and average precision. A day below the configured floor is a performance
-event: it is recorded, alerted on, and counts as a reason to retrain.
+Labels arrive days or weeks after scoring. Each ingested file is kept (``labels/<model>/...``,
+see :mod:`components.label_files`), joined by ``transaction_id`` to the inference log, and
+turned into a per-day table of realised precision, recall and average precision. A day below
+the configured floor is a performance event: it is recorded, alerted on, and counts as a
+reason to retrain. The stored labels also carry each transaction's terminal and time (from the
+file, or else from the logged prediction), so the model servers can put them in their online
+state: terminal fraud rates then count the frauds reported since the bundle was trained.
 """
 
 from __future__ import annotations
 
 import io
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,12 @@ import pandas as pd
 from sklearn.metrics import average_precision_score
 
 from components.inference_log import read_frame
+from components.label_files import PREFIX, label_file_key, label_file_keys
 from components.store import ObjectStore
 
 __all__ = ["LabelIngest", "PerformanceFloor", "daily_performance", "ingest_labels", "load_labels"]
 
-LABEL_PREFIX = "labels"
+LABEL_PREFIX = PREFIX
 
 
 class LabelFileError(ValueError):
@@ -51,12 +53,17 @@ class PerformanceFloor:
 
 @dataclass
 class LabelIngest:
-    """Outcome of one ingestion."""
+    """Outcome of one ingestion.
+
+    ``placed`` counts the labels whose terminal and time are known (from the file or the
+    matched prediction): those the model servers can put in their online state.
+    """
 
     labels_in: int
     matched: int
     unmatched: int
     duplicates: int
+    placed: int
     daily: pd.DataFrame
     breaches: list[dict[str, Any]] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)
@@ -64,6 +71,10 @@ class LabelIngest:
 
 def normalise_labels(frame: pd.DataFrame, source: str = "labels") -> tuple[pd.DataFrame, int]:
     """Check and clean a label file: ``transaction_id`` and ``is_fraud`` (or ``chargeback``).
+
+    Optional: ``label_time`` (when the label became known; default now), and ``terminal_id``
+    and ``timestamp`` of the transaction (a chargeback feed usually has them; otherwise they
+    come from the logged prediction).
 
     Returns:
         The labels (one row per transaction, the latest wins) and how many duplicates were
@@ -89,6 +100,17 @@ def normalise_labels(frame: pd.DataFrame, source: str = "labels") -> tuple[pd.Da
             f"{source}: {int(bad.sum())} label(s) in {label_column!r} are not 0 or 1 "
             f"(data rows {rows}); fix them or drop those rows"
         )
+    timestamps = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
+    if "timestamp" in frame:
+        timestamps = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="ISO8601")
+        bad = timestamps.isna() & frame["timestamp"].notna()
+        if bad.any():
+            rows = (np.flatnonzero(bad.to_numpy()) + 1)[:5].tolist()
+            raise LabelFileError(
+                f"{source}: {int(bad.sum())} timestamp(s) cannot be read (data rows {rows}); "
+                "write them in ISO 8601, e.g. 2026-05-16T10:00:00Z, or leave them empty"
+            )
+    terminals = frame["terminal_id"] if "terminal_id" in frame else pd.Series(None, frame.index)
     out = pd.DataFrame(
         {
             "transaction_id": frame["transaction_id"].astype(str),
@@ -96,18 +118,43 @@ def normalise_labels(frame: pd.DataFrame, source: str = "labels") -> tuple[pd.Da
             "label_time": pd.to_datetime(frame["label_time"], utc=True, errors="coerce")
             if "label_time" in frame
             else pd.Timestamp.now(tz="UTC"),
+            "terminal_id": terminals.where(terminals.isna(), terminals.astype(str)).astype(object),
+            "timestamp": timestamps.astype("datetime64[ns, UTC]"),
         }
     )
     deduplicated = out.drop_duplicates("transaction_id", keep="last")
     return deduplicated.reset_index(drop=True), len(out) - len(deduplicated)
 
 
+def place_labels(labels: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Fill each label's missing ``terminal_id`` and ``timestamp`` from its logged prediction.
+
+    Args:
+        labels: From :func:`normalise_labels`.
+        predictions: Inference-log frame with ``tx.transaction_id``, ``tx.terminal_id`` and
+            ``tx.timestamp`` (a transaction scored by two versions: the first record).
+    """
+    needed = ("tx.transaction_id", "tx.terminal_id", "tx.timestamp")
+    if predictions.empty or any(c not in predictions for c in needed):
+        return labels
+    logged = predictions[list(needed)].drop_duplicates("tx.transaction_id")
+    logged = logged.set_index(logged["tx.transaction_id"].astype(str))
+    stamps = logged["tx.timestamp"]
+    if not pd.api.types.is_datetime64_any_dtype(stamps):  # text Arrow could not cast
+        stamps = pd.to_datetime(stamps.astype(str), utc=True, errors="coerce", format="ISO8601")
+    ids = labels["transaction_id"]
+    terminals = ids.map(logged["tx.terminal_id"].astype(object))
+    out = labels.copy()
+    out["terminal_id"] = out["terminal_id"].where(out["terminal_id"].notna(), terminals)
+    out["terminal_id"] = out["terminal_id"].map(lambda t: None if pd.isna(t) else str(t))
+    out["timestamp"] = out["timestamp"].fillna(ids.map(stamps)).astype("datetime64[ns, UTC]")
+    return out
+
+
 def load_labels(store: ObjectStore, model: str) -> pd.DataFrame:
     """Every label ingested so far for ``model`` (latest per transaction)."""
     parts = [
-        pd.read_parquet(io.BytesIO(store.get_bytes(key)))
-        for key in store.list(f"{LABEL_PREFIX}/{model}/")
-        if key.endswith(".parquet")
+        pd.read_parquet(io.BytesIO(store.get_bytes(key))) for key in label_file_keys(store, model)
     ]
     if not parts:
         return pd.DataFrame(columns=["transaction_id", "is_fraud", "label_time"])
@@ -193,14 +240,18 @@ def ingest_labels(
     """
     floor = floor or PerformanceFloor()
     labels, duplicates = normalise_labels(frame, source)
-    now = datetime.now(UTC)
+    predictions = read_frame(
+        store,
+        model,
+        columns=[
+            "tx.transaction_id", "tx.terminal_id", "tx.timestamp", "score", "decision", "version"
+        ],
+    )  # fmt: skip
+    labels = place_labels(labels, predictions)
     buffer = io.BytesIO()
     labels.to_parquet(buffer, index=False)
-    key = f"{LABEL_PREFIX}/{model}/{now:%Y-%m-%d}/{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    key = label_file_key(model)
     store.put_bytes(key, buffer.getvalue())
-    predictions = read_frame(
-        store, model, columns=["tx.transaction_id", "score", "decision", "version"]
-    )
     all_labels = load_labels(store, model)
     matched = int(labels["transaction_id"].isin(predictions.get("tx.transaction_id", [])).sum())
     daily = (
@@ -217,6 +268,7 @@ def ingest_labels(
         matched=matched,
         unmatched=len(labels) - matched,
         duplicates=duplicates,
+        placed=int((labels["terminal_id"].notna() & labels["timestamp"].notna()).sum()),
         daily=daily,
         breaches=breaches(daily, floor) if len(daily) else [],
         keys={"labels": key, "daily": table_key},

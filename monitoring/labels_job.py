@@ -25,7 +25,9 @@ def ingest(
     file: Annotated[
         Path,
         typer.Argument(
-            help="CSV/Parquet: transaction_id, is_fraud (or chargeback), optional label_time."
+            help="CSV/Parquet: transaction_id, is_fraud (or chargeback); optional label_time, "
+            "and terminal_id and timestamp of the transaction (else taken from its logged "
+            "prediction)."
         ),
     ],
     model: Annotated[str, typer.Option(help="Model name.")] = "fraud-detector",
@@ -88,7 +90,8 @@ def ingest(
     console.print(
         f"labels in {result.labels_in:,}: matched {result.matched:,}, "
         f"unmatched {result.unmatched:,} (kept for later), "
-        f"duplicates collapsed {result.duplicates:,}"
+        f"duplicates collapsed {result.duplicates:,}; {result.placed:,} with their "
+        "transaction's terminal and time (the model servers put those in their online state)"
     )
     table = Table(title=f"realised performance of {model}")
     for column in (
@@ -113,6 +116,7 @@ def ingest(
             "labels_in": result.labels_in,
             "matched": result.matched,
             "unmatched": result.unmatched,
+            "placed": result.placed,
             "breaches": result.breaches,
         },
     )

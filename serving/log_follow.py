@@ -14,6 +14,12 @@ serves, it reads the batches the *other* versions write (:meth:`LogFollower.poll
 one version counts in the other's windows once its batch is written (the writers flush every
 5 s) and the next poll has read it. Its own version's batches are skipped: its traffic is
 already in the state.
+
+The same reads bring the late labels (``fraudops labels ingest`` stores each label file with
+the transaction's terminal and time, see :mod:`components.label_files`): at start every label
+file of the state's time span, then each new one. A fraud label turns that transaction's
+terminal row to 1, so terminal fraud rates count the frauds reported since the bundle was
+trained, as training counts every label older than the label delay.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.inference_log import PREFIX, TX, batch_keys
+from components.label_files import label_file_keys
 from components.store import (
     ChecksumMismatchError,
     ObjectNotFoundError,
@@ -40,16 +48,29 @@ from components.store import (
     StoreUnavailableError,
 )
 
-__all__ = ["COLUMNS", "FollowLoop", "LogFollower", "Logged", "check_follow_interval"]
+__all__ = [
+    "COLUMNS",
+    "LABEL_COLUMNS",
+    "LABEL_OUTCOMES",
+    "FollowLoop",
+    "LogFollower",
+    "Logged",
+    "check_follow_interval",
+    "label_columns",
+]
 
 log = logging.getLogger("fraudops.serving")
 
 COLUMNS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
 """The logged transaction fields the online state needs."""
 IDS = ("transaction_id", "customer_id", "terminal_id")
+LABEL_COLUMNS = ("terminal_id", "timestamp", "is_fraud")
+"""What the online state needs of a label: the terminal and time of its transaction."""
+LABEL_OUTCOMES = ("changed", "unchanged", "not_found", "unplaced")
+"""What became of a late label (``fraudops_online_state_labels_total``)."""
 MAX_INTERVAL = 3_600.0
 MAX_WARNINGS = 5
-"""Batches left out that are named one by one in the log, per read."""
+"""Batches (and label files) left out that are named one by one in the log, per read."""
 MAX_ATTEMPTS = 12
 """Reads of a batch the store fails to give (not when it is down) before it is left out."""
 
@@ -74,7 +95,11 @@ class Logged:
         batches: Batches read (not counting those skipped).
         records: Records in them.
         unreadable: Records left out: an id, timestamp or amount missing or unreadable.
-        skipped: Batches left out (see :meth:`LogFollower._read`).
+        skipped: Batches and label files left out (see :meth:`LogFollower._fetch`).
+        labels: ``terminal_id``, ``timestamp`` (UTC), ``is_fraud`` (0/1): the labels of the
+            label files read, in the order they were ingested (a later label wins).
+        label_files: Label files read.
+        unplaced: Labels left out: the terminal or time of their transaction is unknown.
     """
 
     rows: pd.DataFrame
@@ -82,6 +107,20 @@ class Logged:
     records: int
     unreadable: int
     skipped: list[str] = field(default_factory=list)
+    labels: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LABEL_COLUMNS))
+    label_files: int = 0
+    unplaced: int = 0
+
+
+def label_columns(labels: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Labels read by :class:`LogFollower` as the arguments of ``OnlineState.set_labels``:
+    terminal ids, epoch milliseconds (as the scoring path counts them), labels."""
+    time_ms = (labels["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    return (
+        labels["terminal_id"].astype(str).tolist(),
+        time_ms.to_numpy(np.int64),
+        labels["is_fraud"].to_numpy(np.float64),
+    )
 
 
 class LogFollower:
@@ -106,12 +145,14 @@ class LogFollower:
         self.attempts: dict[str, int] = {}
 
     def replay(self, since: datetime) -> Logged:
-        """Every version's transactions logged from ``since`` (e.g. a restart's history).
+        """Every version's transactions logged from ``since`` (e.g. a restart's history), and
+        the labels ingested since.
 
         Raises:
             StoreError: the store cannot be listed, or is unavailable.
         """
-        return self._read(batch_keys(self.store, self.model, None, since, None))
+        batches = batch_keys(self.store, self.model, None, since, None)
+        return self._read(batches, label_file_keys(self.store, self.model, since=since))
 
     def poll(self, now: datetime | None = None) -> Logged:
         """The other versions' transactions in batches not read before.
@@ -123,18 +164,23 @@ class LogFollower:
             StoreError: the store cannot be listed, or is unavailable; no batch counts as read,
                 the next poll reads them.
         """
-        keys = self._recent_keys(now)
-        fresh = [k for k in keys if k not in self.seen]
-        self.seen.intersection_update(keys)  # older partitions are never listed again
-        return self._read(fresh)
+        batches, labels = self._recent_keys(now)
+        self.seen.intersection_update(batches + labels)  # older partitions: never listed again
+        return self._read(
+            [k for k in batches if k not in self.seen], [k for k in labels if k not in self.seen]
+        )
 
     def skip_existing(self, now: datetime | None = None) -> None:
-        """Count the batches already written as read (a server that does not replay)."""
-        self.seen.update(self._recent_keys(now))
+        """Count the batches and label files already written as read (a server that does not
+        replay)."""
+        for keys in self._recent_keys(now):
+            self.seen.update(keys)
 
-    def _recent_keys(self, now: datetime | None) -> list[str]:
+    def _recent_keys(self, now: datetime | None) -> tuple[list[str], list[str]]:
+        """The other versions' batches and the label files of today and yesterday."""
         now = now or datetime.now(UTC)
         days = [f"{d:%Y-%m-%d}" for d in (now - timedelta(days=1), now)]
+        labels = label_file_keys(self.store, self.model, days)
         root = f"{PREFIX}/{self.model}/"
         keys = []
         for folder in self.store.list(root, recursive=False):
@@ -144,49 +190,28 @@ class LogFollower:
                 keys += [
                     k for k in self.store.list(f"{folder}date={day}/") if k.endswith(".parquet")
                 ]
-        return keys
+        return keys, labels
 
-    def _read(self, keys: list[str]) -> Logged:
-        """The transactions of these batches, each batch on its own.
+    def _read(self, batches: list[str], label_files: list[str]) -> Logged:
+        """The transactions of these batches and the labels of these label files.
 
-        A batch whose content cannot be used (not Parquet, failing its sha256, a column missing
-        or of another type, deleted since it was listed) is left out once, with a warning. A
-        batch the store fails to give (permission, an S3 error) is tried again at the next
-        reads, and left out after :data:`MAX_ATTEMPTS`. A store that is unavailable stops the
-        read: nothing counts as read.
+        Each object is read on its own (see :meth:`_fetch`): one that cannot be used is left
+        out, the others are read.
         """
-        frames, skipped, later = [], [], []
-        for key in keys:
-            try:
-                frames.append(self._batch(key))
-            except StoreUnavailableError:
-                raise
-            except StoreError as e:
-                if isinstance(e, ChecksumMismatchError | ObjectNotFoundError):
-                    skipped.append(key)
-                    self._left_out(key, e, len(skipped))
-                    continue
-                self.attempts[key] = attempt = self.attempts.get(key, 0) + 1
-                if attempt < MAX_ATTEMPTS:
-                    later.append(key)
-                    if attempt == 1:
-                        log.warning("inference log batch %s: %s; trying again", key, e)
-                else:
-                    skipped.append(key)
-                    self._left_out(key, f"{e}, {attempt} attempts", len(skipped))
-            except Exception as e:  # the content: not Parquet, columns, types
-                skipped.append(key)
-                self._left_out(key, e, len(skipped))
-        if len(skipped) > MAX_WARNINGS:
-            log.warning(
-                "... and %d more inference log batches left out", len(skipped) - MAX_WARNINGS
-            )
-        self.seen.update(set(keys).difference(later))
-        for key in set(self.attempts).difference(later):
+        frames, skipped, later = self._fetch(batches, self._batch)
+        label_frames, label_skipped, labels_later = self._fetch(label_files, self._label_file)
+        # only now, the store having answered for every key, do they count as read
+        keys, retry = batches + label_files, later + labels_later
+        self.seen.update(set(keys).difference(retry))
+        for key in set(keys).intersection(self.attempts).difference(retry):
             del self.attempts[key]
-        read = len(keys) - len(skipped) - len(later)
+        read = len(batches) - len(skipped) - len(later)
+        labels_read = len(label_files) - len(label_skipped) - len(labels_later)
+        skipped += label_skipped
+        labels, unplaced = self._placed(label_frames)
         if not frames:
-            return Logged(pd.DataFrame(columns=list(COLUMNS)), read, 0, 0, skipped)
+            empty = pd.DataFrame(columns=list(COLUMNS))
+            return Logged(empty, read, 0, 0, skipped, labels, labels_read, unplaced)
         rows = pd.concat(frames, ignore_index=True)
         records = len(rows)
         rows["timestamp"] = pd.to_datetime(
@@ -205,12 +230,68 @@ class LogFollower:
             records,
             records - int(readable.sum()),
             skipped,
+            labels,
+            labels_read,
+            unplaced,
         )
+
+    def _fetch(
+        self, keys: list[str], read: Callable[[str], pd.DataFrame]
+    ) -> tuple[list[pd.DataFrame], list[str], list[str]]:
+        """``read`` each key: the frames, the keys left out, the keys to try again later.
+
+        An object whose content cannot be used (not Parquet, failing its sha256, a column
+        missing or of another type, deleted since it was listed) is left out once, with a
+        warning. An object the store fails to give (permission, an S3 error) is tried again at
+        the next reads, and left out after :data:`MAX_ATTEMPTS`. A store that is unavailable
+        stops the read (raises :class:`StoreUnavailableError`).
+        """
+        frames, skipped, later = [], [], []
+        for key in keys:
+            try:
+                frames.append(read(key))
+            except StoreUnavailableError:
+                raise
+            except StoreError as e:
+                if isinstance(e, ChecksumMismatchError | ObjectNotFoundError):
+                    skipped.append(key)
+                    self._left_out(key, e, len(skipped))
+                    continue
+                self.attempts[key] = attempt = self.attempts.get(key, 0) + 1
+                if attempt < MAX_ATTEMPTS:
+                    later.append(key)
+                    if attempt == 1:
+                        log.warning("%s: %s; trying again", key, e)
+                else:
+                    skipped.append(key)
+                    self._left_out(key, f"{e}, {attempt} attempts", len(skipped))
+            except Exception as e:  # the content: not Parquet, columns, types
+                skipped.append(key)
+                self._left_out(key, e, len(skipped))
+        if len(skipped) > MAX_WARNINGS:
+            log.warning("... and %d more left out", len(skipped) - MAX_WARNINGS)
+        return frames, skipped, later
+
+    @staticmethod
+    def _placed(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+        """The labels (0 or 1) with a terminal and a time, in file order, and how many were
+        left out."""
+        if not frames:
+            return pd.DataFrame(columns=list(LABEL_COLUMNS)), 0
+        labels = pd.concat(frames, ignore_index=True)
+        placed = (
+            labels["terminal_id"].notna()
+            & labels["timestamp"].notna()
+            & labels["is_fraud"].isin([0, 1])
+        )
+        labels = labels[placed].reset_index(drop=True)
+        labels["terminal_id"] = labels["terminal_id"].astype(str)
+        return labels, int((~placed).sum())
 
     @staticmethod
     def _left_out(key: str, reason: object, count: int) -> None:
         if count <= MAX_WARNINGS:
-            log.warning("inference log batch %s cannot be read (%s); left out", key, reason)
+            log.warning("%s cannot be read (%s); left out", key, reason)
 
     def _batch(self, key: str) -> pd.DataFrame:
         """One batch's transaction fields, typed alike whatever wrote them (ids as text,
@@ -230,17 +311,38 @@ class LogFollower:
         frame["amount"] = pd.to_numeric(frame["amount"], errors="coerce")
         return frame
 
+    def _label_file(self, key: str) -> pd.DataFrame:
+        """One label file's labels; a file written before labels carried their transaction's
+        terminal and time gives them as unknown."""
+        frame = pd.read_parquet(io.BytesIO(self.store.get_bytes(key)))
+        if "is_fraud" not in frame:
+            raise ValueError("no column is_fraud")
+        out = pd.DataFrame(
+            {
+                "terminal_id": frame.get("terminal_id", pd.Series(None, frame.index)),
+                "timestamp": pd.to_datetime(
+                    frame.get("timestamp", pd.Series(None, frame.index, dtype=object)),
+                    utc=True,
+                    format="ISO8601",
+                    errors="coerce",
+                ),
+                "is_fraud": pd.to_numeric(frame["is_fraud"], errors="coerce"),
+            }
+        )
+        return out
+
 
 class FollowLoop:
-    """A daemon thread: :meth:`LogFollower.poll` every ``interval`` seconds, its rows handed
-    to ``add`` (which must be safe to call from this thread), until :meth:`stop`.
+    """A daemon thread: :meth:`LogFollower.poll` every ``interval`` seconds, what it read
+    (transactions, labels) handed to ``add`` (which must be safe to call from this thread),
+    until :meth:`stop`.
 
     A poll that fails (the store is down) is logged, counted and tried again next time:
     nothing is lost, the batches stay in the store until a poll reads them.
 
     Args:
         follower: What to poll.
-        add: Takes the rows of a poll.
+        add: Takes what a poll read, when it read transactions or labels.
         interval: Seconds between polls (see :func:`check_follow_interval`).
         on_poll: Called after each poll with ``(logged, error)`` (metrics).
     """
@@ -248,7 +350,7 @@ class FollowLoop:
     def __init__(
         self,
         follower: LogFollower,
-        add: Callable[[pd.DataFrame], Any],
+        add: Callable[[Logged], Any],
         interval: float,
         on_poll: Callable[[Logged | None, Exception | None], Any] | None = None,
     ) -> None:
@@ -294,11 +396,21 @@ class FollowLoop:
             if last is not None:
                 log.info("reading the other versions' inference log again")
                 last = None
-            if len(logged.rows):
+            if len(logged.rows) or len(logged.labels):
                 try:
-                    self.add(logged.rows)
+                    self.add(logged)
                 except Exception:  # e.g. at shutdown; the next batches still arrive
-                    log.exception("cannot queue %d followed transaction(s)", len(logged.rows))
+                    log.exception(
+                        "cannot queue %d followed transaction(s) and %d label(s)",
+                        len(logged.rows),
+                        len(logged.labels),
+                    )
+            if logged.unplaced:
+                log.warning(
+                    "labels: %d label(s) without the terminal and time of their transaction "
+                    "left out of the online state (they still count for realised performance)",
+                    logged.unplaced,
+                )
             if logged.unreadable:
                 log.warning(
                     "inference log: %d record(s) of other versions without a readable id, "

@@ -22,6 +22,8 @@ KServe's own ``/metrics`` endpoint on the HTTP port exposes them next to KServe'
 ``fraudops_online_state_followed_total``                   transactions of other versions added
                                                            to the state (from their log)
 ``fraudops_online_state_follow_failures_total``            polls of that log that failed
+``fraudops_online_state_labels_total``                     late labels by outcome: changed,
+                                                           unchanged, not_found, unplaced
 ``fraudops_inference_log_queued``                          records waiting for the store
 ``fraudops_inference_log_written_total``                   records written
 ``fraudops_inference_log_dropped_total``                   records dropped, by reason
@@ -194,6 +196,14 @@ class ServingMetrics:
             "fraudops_online_state_follow_failures",
             "Polls of the other versions' inference log that failed (retried next poll).",
             ("model",),
+            **kw,
+        )
+        self.state_labels = Counter(
+            "fraudops_online_state_labels",
+            "Late labels read for the online state (terminal fraud rates), by outcome: changed "
+            "a row, unchanged (the row had it), not_found (no such transaction in the state), "
+            "unplaced (the label lacks its transaction's terminal or time).",
+            ("model", "outcome"),
             **kw,
         )
         self.log_queued = Gauge(

@@ -39,12 +39,12 @@ from components.schema import LABEL
 from components.store import ObjectStore, StoreError
 from serving.errors import InvalidTransactions, ServingError
 from serving.http import current_request
-from serving.log_follow import FollowLoop, LogFollower, Logged
+from serving.log_follow import LABEL_OUTCOMES, FollowLoop, LogFollower, Logged, label_columns
 from serving.log_writer import InferenceLogWriter, LogEntry
 from serving.metrics import ServingMetrics
 from serving.scorer import Scored, Scorer
 from serving.source import BundleSource
-from serving.state import InMemoryOnlineState, OnlineState
+from serving.state import InMemoryOnlineState, LabelsSet, OnlineState
 from serving.transactions import TransactionBatch, TransactionSchema, from_instances, from_tensors
 
 __all__ = ["FraudDetector", "ServingConfig"]
@@ -308,6 +308,7 @@ class FraudDetector(Model):
             state = fresh
         scorer.state = state
         scorer.scored_elsewhere = self._scored_elsewhere
+        scorer.on_labels = self._labels_set
         schema = TransactionSchema(
             extra_numeric=spec.extra_numeric,
             max_batch=config.max_batch,
@@ -330,11 +331,13 @@ class FraudDetector(Model):
         ).start()
 
     def _replay(self, state: InMemoryOnlineState, follower: LogFollower | None, days: float) -> int:
-        """Add logged transactions newer than the snapshot (a restart keeps its history).
+        """Add logged transactions newer than the snapshot (a restart keeps its history), then
+        the late labels.
 
         Reads the records of this model (every version: a canary's traffic counts too) written
         in the last ``days`` days, keeps the transactions after the snapshot's end, once each,
-        presumed genuine (label 0) as the server's own are.
+        presumed genuine (label 0) as the server's own are. Then the labels ingested in those
+        days go on their transactions' terminal rows.
         """
         if follower is None:
             return 0
@@ -356,9 +359,22 @@ class FraudDetector(Model):
                 "left out",
                 logged.unreadable,
             )
-        if logged.rows.empty:
-            return 0
-        return state.load_frame(logged.rows.assign(**{LABEL: 0.0}))
+        added = state.load_frame(logged.rows.assign(**{LABEL: 0.0})) if len(logged.rows) else 0
+        if len(logged.labels) or logged.unplaced:
+            done = state.set_labels(*label_columns(logged.labels))
+            self._labels_set(done, logged.unplaced)
+            log.info(
+                "online state: %d late label(s) from %d label file(s): %d changed a row, %d "
+                "were known, %d found no transaction in the state, %d lacked its terminal or "
+                "time",
+                len(logged.labels) + logged.unplaced,
+                logged.label_files,
+                done.changed,
+                done.unchanged,
+                done.not_found,
+                logged.unplaced,
+            )
+        return added
 
     def _follow(self, follower: LogFollower | None) -> None:
         """Start reading the other versions' traffic into the state (see ``follow_log_seconds``).
@@ -373,24 +389,34 @@ class FraudDetector(Model):
         if self.metrics is not None:  # exported from the start, at 0 (alerts use increase())
             self.metrics.state_followed.labels(self.name)
             self.metrics.state_follow_failures.labels(self.name)
+            for outcome in LABEL_OUTCOMES:
+                self.metrics.state_labels.labels(self.name, outcome)
         self._follow_loop = FollowLoop(
             follower, self._add_followed, self.config.follow_log_seconds, self._polled
         ).start()
 
-    def _add_followed(self, rows: pd.DataFrame) -> None:
-        """Queue a poll's transactions in chunks (the follow thread); the event loop adds them."""
-        scorer = self.scorer
-        if scorer is None or rows.empty:
+    def _add_followed(self, logged: Logged) -> None:
+        """Queue a poll's transactions, then its labels, in chunks (the follow thread); the
+        event loop applies them."""
+        scorer, rows = self.scorer, logged.rows
+        if scorer is None:
             return
-        time_ms = (rows["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
-        columns = (
-            rows["customer_id"].astype(str).tolist(),
-            rows["terminal_id"].astype(str).tolist(),
-            time_ms.to_numpy(np.int64),
-            rows["amount"].to_numpy(np.float64),
-        )
-        for start in range(0, len(rows), FOLLOW_CHUNK):
-            scorer.add_scored_elsewhere(*(c[start : start + FOLLOW_CHUNK] for c in columns))
+        if len(rows):
+            time_ms = (rows["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(
+                milliseconds=1
+            )
+            columns = (
+                rows["customer_id"].astype(str).tolist(),
+                rows["terminal_id"].astype(str).tolist(),
+                time_ms.to_numpy(np.int64),
+                rows["amount"].to_numpy(np.float64),
+            )
+            for start in range(0, len(rows), FOLLOW_CHUNK):
+                scorer.add_scored_elsewhere(*(c[start : start + FOLLOW_CHUNK] for c in columns))
+        if len(logged.labels):
+            columns = label_columns(logged.labels)
+            for start in range(0, len(logged.labels), FOLLOW_CHUNK):
+                scorer.add_labels(*(c[start : start + FOLLOW_CHUNK] for c in columns))
         loop = self.event_loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._apply_followed)
@@ -410,8 +436,24 @@ class FraudDetector(Model):
             return
         if error is not None:
             self.metrics.state_follow_failures.labels(self.name).inc()
-        elif logged is not None and len(logged.rows):
-            self.metrics.state_followed.labels(self.name).inc(len(logged.rows))
+        elif logged is not None:
+            if len(logged.rows):
+                self.metrics.state_followed.labels(self.name).inc(len(logged.rows))
+            if logged.unplaced:
+                self.metrics.state_labels.labels(self.name, "unplaced").inc(logged.unplaced)
+
+    def _labels_set(self, done: LabelsSet, unplaced: int = 0) -> None:
+        """Count what late labels did to the state (metrics)."""
+        if self.metrics is None:
+            return
+        for outcome, count in (
+            ("changed", done.changed),
+            ("unchanged", done.unchanged),
+            ("not_found", done.not_found),
+            ("unplaced", unplaced),
+        ):
+            if count:
+                self.metrics.state_labels.labels(self.name, outcome).inc(count)
 
     def _state_gauges(self) -> None:
         m, state = self.metrics, self.state

@@ -10,6 +10,7 @@ unchanged).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,7 @@ from components.model import CONTRIBUTION_METHODS, DEFAULT_CONTRIBUTIONS, FraudM
 from components.scoring import compile_kernels, format_reasons
 from serving.errors import InvalidTransactions
 from serving.features import OnlineFeatures, entity_codes
-from serving.state import OnlineState
+from serving.state import LabelsSet, OnlineState
 from serving.transactions import TransactionBatch
 
 __all__ = ["REASONS_FOR", "Scored", "Scorer"]
@@ -89,9 +90,12 @@ class Scorer:
         self.features = OnlineFeatures(self.spec, self.model.feature_names)
         compile_kernels()
         self.state = state
-        self.scored_elsewhere: deque[tuple[list[str], list[str], np.ndarray, np.ndarray]] = deque()
-        """Transactions scored by other servers, waiting for the state (may be shared with a
+        self.scored_elsewhere: deque[tuple[str, tuple]] = deque()
+        """Transactions scored by other servers and late labels, waiting for the state, in
+        arrival order: ``("append", args)`` or ``("set_labels", args)`` (may be shared with a
         scorer this one replaces)."""
+        self.on_labels: Callable[[LabelsSet], object] | None = None
+        """Told what each batch of late labels did to the state (metrics)."""
         self.n_reasons = n_reasons
         self.reasons_for: ReasonsFor = reasons_for
         self.contributions = contributions
@@ -116,17 +120,30 @@ class Scorer:
         Safe to call from any thread: the state itself is only ever changed on the thread
         that scores (:meth:`score`, :meth:`apply_scored_elsewhere`), so scoring needs no lock.
         """
-        self.scored_elsewhere.append((customer_ids, terminal_ids, time_ms, amount))
+        self.scored_elsewhere.append(("append", (customer_ids, terminal_ids, time_ms, amount)))
+
+    def add_labels(self, terminal_ids: list[str], time_ms: np.ndarray, labels: np.ndarray) -> None:
+        """Queue late labels for the state (:meth:`OnlineState.set_labels`), after the
+        transactions queued before them; safe from any thread, as
+        :meth:`add_scored_elsewhere`."""
+        self.scored_elsewhere.append(("set_labels", (terminal_ids, time_ms, labels)))
 
     def apply_scored_elsewhere(self, limit: int | None = None) -> int:
-        """Add up to ``limit`` queued chunks (all: None) to the state, on the scoring thread;
-        returns the number of transactions added."""
+        """Apply up to ``limit`` queued chunks (all: None) to the state, on the scoring
+        thread; returns the number of transactions added."""
         added = 0
-        queue = self.scored_elsewhere
+        queue, state = self.scored_elsewhere, self.state
+        if not queue or state is None:
+            return 0
         while queue and (limit is None or limit > 0):
-            chunk = queue.popleft()
-            self.state.append(*chunk)  # type: ignore[union-attr]
-            added += len(chunk[0])
+            kind, args = queue.popleft()
+            if kind == "append":
+                state.append(*args)
+                added += len(args[0])
+            else:
+                done = state.set_labels(*args)
+                if self.on_labels is not None:
+                    self.on_labels(done)
             limit = None if limit is None else limit - 1
         return added
 

@@ -3,15 +3,17 @@
 The windowed features of a transaction need the customer's and the terminal's transactions of
 the last ``spec.history_days`` days. :class:`OnlineState` is the interface the model server
 uses; :class:`InMemoryOnlineState` keeps per-entity numpy arrays in this process (one replica).
-Several replicas need one shared state: implement the same two methods over a shared store
+Several replicas need one shared state: implement the same methods over a shared store
 (e.g. Redis: one sorted set or packed array per customer and terminal, ``history_for`` as one
-pipelined ``MGET``/``ZRANGEBYSCORE`` round trip, ``append`` as one pipelined write).
+pipelined ``MGET``/``ZRANGEBYSCORE`` round trip, ``append`` as one pipelined write,
+``set_labels`` as a small script per terminal).
 
 The state holds raw rows, not features: ``(time_ms, amount)`` per customer and
 ``(time_ms, label)`` per terminal. A scored transaction is presumed genuine (label 0) until a
 fraud label says otherwise, as in training, where every transaction older than the label delay
-counts as labelled (a chargeback feed reports only fraud). NaN means "not known at all" and
-leaves a row out of the fraud-rate denominators. Features are computed from the rows by
+counts as labelled (a chargeback feed reports only fraud); ``set_labels`` puts the late labels
+on (see :mod:`serving.log_follow`). NaN means "not known at all" and leaves a row out of the
+fraud-rate denominators. Features are computed from the rows by
 :mod:`serving.features` with the training kernel.
 """
 
@@ -29,7 +31,7 @@ import pandas as pd
 from components.features.windows import MS_PER_DAY, EntityRows
 from components.schema import LABEL
 
-__all__ = ["EntityRows", "History", "InMemoryOnlineState", "OnlineState"]
+__all__ = ["EntityRows", "History", "InMemoryOnlineState", "LabelsSet", "OnlineState"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,22 @@ class History:
 
     customers: EntityRows
     terminals: EntityRows
+
+
+@dataclass(frozen=True)
+class LabelsSet:
+    """What :meth:`OnlineState.set_labels` did with each label.
+
+    Attributes:
+        changed: A row of that terminal at that time now carries the label.
+        unchanged: A row there carried it already (e.g. the bundle's snapshot knew it).
+        not_found: No row of that terminal at that time: older than the state keeps, or not
+            scored (yet) by any version of the model.
+    """
+
+    changed: int = 0
+    unchanged: int = 0
+    not_found: int = 0
 
 
 @runtime_checkable
@@ -59,6 +77,12 @@ class OnlineState(Protocol):
         label: np.ndarray | None = None,
     ) -> None:  # pragma: no cover - protocol
         """Add scored transactions (label None: presumed genuine, 0) to their entities' rows."""
+        ...
+
+    def set_labels(
+        self, terminal_ids: Sequence[str], time_ms: np.ndarray, labels: np.ndarray
+    ) -> LabelsSet:  # pragma: no cover - protocol
+        """Put late labels (0 or 1) on the terminal rows of these transactions."""
         ...
 
     def stats(self) -> dict[str, int]:  # pragma: no cover - protocol
@@ -150,6 +174,22 @@ class _Table:
         s.value.frombytes(np.ascontiguousarray(value, np.float64).tobytes())
         self.rows += len(time)
 
+    def set_value(self, entity: str, time: int, value: float) -> bool | None:
+        """Give a row of ``entity`` at ``time`` this value; True: changed, False: a row there
+        had it already, None: no row there. Of several rows at one time the first that
+        differs is changed, so each label marks one transaction, and once."""
+        s = self.series.get(entity)
+        if s is None:
+            return None
+        start, end = bisect_left(s.time, time), bisect_right(s.time, time)
+        if start == end:
+            return None
+        rows = s.value[start:end]
+        if value in rows:
+            return False
+        s.value[start + next(i for i, v in enumerate(rows) if v != value)] = value
+        return True
+
     def _cut(self, entity: str, s: _Series, floor_ms: int) -> None:
         k = bisect_left(s.time, floor_ms)
         if k >= len(s.time):
@@ -222,6 +262,30 @@ class InMemoryOnlineState:
         self.terminals.add_many(terminal_ids, times, labels, floor)
         self.customers.prune(floor, self.sweep_per_append)
         self.terminals.prune(floor, self.sweep_per_append)
+
+    def set_labels(
+        self, terminal_ids: Sequence[str], time_ms: np.ndarray, labels: np.ndarray
+    ) -> LabelsSet:
+        """Put late labels on terminal rows (see :meth:`_Table.set_value`).
+
+        A transaction scored here was presumed genuine (0): a fraud label turns its row to 1,
+        and a later label saying genuine turns it back, so the terminal fraud rates count the
+        frauds reported since the bundle was trained, as training counts every label.
+        """
+        outcomes = [
+            self.terminals.set_value(t, time, float(label))
+            for t, time, label in zip(
+                terminal_ids,
+                np.asarray(time_ms, np.int64).tolist(),
+                np.asarray(labels, np.float64).tolist(),
+                strict=True,
+            )
+        ]
+        return LabelsSet(
+            changed=outcomes.count(True),
+            unchanged=outcomes.count(False),
+            not_found=outcomes.count(None),
+        )
 
     def stats(self) -> dict[str, int]:
         return {

@@ -10,6 +10,7 @@ from components.bundle import resolve
 from components.inference_log import read_frame
 from components.store import open_store
 from fraudops.cli import app
+from monitoring.labels import load_labels
 
 
 def test_demo_runs_the_whole_loop_at_tiny_scale(tmp_path):
@@ -57,6 +58,11 @@ def test_demo_runs_the_whole_loop_at_tiny_scale(tmp_path):
     assert logged["tx.transaction_id"].is_unique
     assert set(logged["version"].astype(str)) == {"v1", "v2"}
     assert "realised performance" in out and "labels matched" in out
+    # each label joined to its prediction carries the transaction's terminal and time
+    labels = load_labels(store, "fraud-detector")
+    joined = labels["transaction_id"].isin(logged["tx.transaction_id"].astype(str))
+    assert joined.sum() > 0
+    assert labels.loc[joined, ["terminal_id", "timestamp"]].notna().all().all()
     daily = pd.read_parquet(home / "store" / "performance" / "fraud-detector" / "daily.parquet")
     assert set(daily["version"].astype(str)) == {"v1", "v2"}
     assert daily["transactions"].sum() == len(logged)

@@ -1,5 +1,6 @@
 """Late labels: join, per-day realised performance, the floor."""
 
+import io
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -134,3 +135,52 @@ def test_suspicious_transactions_go_out_as_one_batched_alert(tmp_path, webhook_r
     assert alert["kind"] == "suspicious_transactions"
     assert "t0" in str(alert["details"]) and "t5" not in str(alert["details"])
     assert read_audit(store, "alert")
+
+
+def test_labels_carry_their_transactions_terminal_and_time_for_the_online_state(tmp_path):
+    """From the label file where it has them, else from the logged prediction; a label with
+    neither is counted (``placed``) and kept for realised performance."""
+    store = LocalStore(tmp_path / "store")
+    logged = {
+        "a": ("t-1", "2026-06-01T10:00:00.250Z"),
+        "b": ("t-2", "2026-06-01T12:00:00+02:00"),
+    }
+    write_batch(
+        store,
+        [
+            make_record(
+                model="fraud",
+                version="v1",
+                transaction={"transaction_id": tx, "terminal_id": t, "timestamp": stamp},
+                score=0.2,
+                decision="pass",
+                time=DAY1,
+            )
+            for tx, (t, stamp) in logged.items()
+        ],
+    )
+    labels = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b", "y", "z"],
+            "is_fraud": [1, 1, 1, 0],
+            "terminal_id": [None, "t-9", "t-3", None],  # b: the file's own terminal wins
+            "timestamp": [None, None, "2026-05-30T08:00:00Z", None],
+        }
+    )
+    result = ingest_labels(store, "fraud", labels)
+    assert (result.labels_in, result.matched, result.placed) == (4, 2, 3)
+    stored = pd.read_parquet(io.BytesIO(store.get_bytes(result.keys["labels"])))
+    stored = stored.set_index("transaction_id")
+    assert stored["terminal_id"].tolist() == ["t-1", "t-9", "t-3", None]
+    assert stored["timestamp"].tolist()[:3] == [
+        pd.Timestamp("2026-06-01T10:00:00.250Z"),
+        pd.Timestamp("2026-06-01T10:00:00Z"),
+        pd.Timestamp("2026-05-30T08:00:00Z"),
+    ]
+    assert pd.isna(stored.loc["z", "timestamp"])
+
+    bad = labels.assign(timestamp=["2026-06-01T10:00:00Z", "yesterday", None, None])
+    with pytest.raises(
+        LabelFileError, match=r"1 timestamp\(s\) cannot be read \(data rows \[2\]\)"
+    ):
+        ingest_labels(store, "fraud", bad)

@@ -20,12 +20,14 @@ from serving_helpers import instance, later_transactions, shared_model
 from components.bundle import Bundle, fetch_bundle, register_bundle
 from components.features import compute_features
 from components.inference_log import make_record, write_batch
+from components.label_files import label_file_key
 from components.store import LocalStore, StorePermissionError, StoreUnavailableError
+from monitoring.labels import ingest_labels
 from serving.log_follow import FollowLoop, LogFollower, check_follow_interval
 from serving.metrics import ServingMetrics
 from serving.model import FraudDetector, ServingConfig
 from serving.source import parse_model_uri
-from serving.transactions import from_instances
+from serving.transactions import TransactionSchema, from_instances
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
@@ -218,7 +220,7 @@ def test_the_loop_counts_failed_polls_and_loses_nothing_once_the_store_is_back(t
     loop.stop()
     assert [type(e) for e in polls[:2]] == [StoreUnavailableError] * 2
     assert polls[2] is None
-    assert sorted(added[0]["transaction_id"]) == ["a", "b"]
+    assert sorted(added[0].rows["transaction_id"]) == ["a", "b"]
     assert len(added) == 1  # read once, however many polls followed
 
 
@@ -339,3 +341,132 @@ def test_the_event_loop_adds_the_followed_transactions_between_requests(
         thread.join(5)
         stable.close()
         canary.close()
+
+
+def _label_file(store, rows: list[dict], when: datetime) -> str:
+    key = label_file_key("fraud", when)
+    store.put_bytes(key, pd.DataFrame(rows).to_parquet(index=False))
+    return key
+
+
+def test_a_poll_reads_each_new_label_file_once_and_counts_labels_it_cannot_place(tmp_path):
+    store = LocalStore(tmp_path)
+    follower = LogFollower(store, "fraud", "v1", SNAPSHOT_END)
+    stamp = pd.Timestamp("2026-05-10T08:00:00Z")
+    _label_file(store, [{"transaction_id": "old", "is_fraud": 1}], NOW - timedelta(days=3))
+    first = _label_file(
+        store,
+        [{"transaction_id": "a", "is_fraud": 1, "terminal_id": "t-1", "timestamp": stamp}],
+        NOW,
+    )
+    _label_file(  # a file from before labels carried terminal and time: counted, left out
+        store, [{"transaction_id": "b", "is_fraud": 1}], NOW - timedelta(days=1)
+    )
+    polled = follower.poll(NOW)
+    assert (polled.label_files, polled.unplaced, polled.batches) == (2, 1, 0)
+    assert polled.labels.to_dict("records") == [
+        {"terminal_id": "t-1", "timestamp": stamp, "is_fraud": 1}
+    ]
+    assert follower.poll(NOW).label_files == 0  # each file once
+    # a later file overturns an earlier label: both arrive, in the order they were ingested
+    _label_file(
+        store,
+        [{"transaction_id": "a", "is_fraud": 0, "terminal_id": "t-1", "timestamp": stamp}],
+        NOW + timedelta(seconds=1),
+    )
+    assert follower.poll(NOW).labels["is_fraud"].tolist() == [0]
+    replayed = LogFollower(store, "fraud", "v1", SNAPSHOT_END).replay(NOW - timedelta(days=2))
+    assert replayed.label_files == 3 and replayed.labels["is_fraud"].tolist() == [1, 0]
+    assert first < sorted(store.list("labels/fraud/"))[-1]
+
+
+class _DownForLabels(LocalStore):
+    """A local store that goes down once, as the first label file is read."""
+
+    down = True
+
+    def get_bytes(self, key: str) -> bytes:
+        if key.startswith("labels/") and self.down:
+            self.down = False
+            raise StoreUnavailableError("s3://fraudops: connection refused")
+        return super().get_bytes(key)
+
+
+def test_a_store_down_in_the_middle_of_a_poll_loses_neither_batches_nor_labels(tmp_path):
+    store = _DownForLabels(tmp_path)
+    _batch(store, "v2", ["a"], NOW)
+    row = {"transaction_id": "a", "is_fraud": 1, "terminal_id": "t-1", "timestamp": NOW}
+    _label_file(store, [row], NOW)
+    follower = LogFollower(store, "fraud", "v1", SNAPSHOT_END)
+    with pytest.raises(StoreUnavailableError):
+        follower.poll(NOW)
+    polled = follower.poll(NOW)  # the batch read before the store went down is read again
+    assert (polled.batches, polled.label_files) == (1, 1)
+    assert polled.rows["transaction_id"].tolist() == ["a"] and len(polled.labels) == 1
+
+
+def _labels_total(registry: CollectorRegistry, outcome: str) -> float | None:
+    return registry.get_sample_value(
+        "fraudops_online_state_labels_total", {"model": "fraud", "outcome": outcome}
+    )
+
+
+def test_a_server_puts_late_labels_on_its_state_while_it_serves_and_after_a_restart(
+    tmp_path_factory, bundle, tmp_path
+):
+    """Frauds of the snapshot's days reported after it reach the terminal fraud rates: the
+    server then computes the features batch scoring computes over the true labels, both when
+    the label file arrives while it serves and when it starts after it."""
+    store = _two_versions(bundle, tmp_path)
+    spec, model = bundle.spec(), bundle.model()
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    data = shared_model(tmp_path_factory).data
+    end = data["timestamp"].max()
+    late = data[
+        (data["label_known_at"] > end)
+        & (data["is_fraud"] == 1)
+        & data["transaction_id"].isin(snapshot["transaction_id"])
+    ]
+    assert (
+        len(late) >= 5
+        and (
+            snapshot.set_index("transaction_id").loc[late["transaction_id"], "is_fraud"] == 0
+        ).all()
+    )
+    truth = snapshot.assign(
+        is_fraud=snapshot["is_fraud"].where(
+            ~snapshot["transaction_id"].isin(late["transaction_id"]), 1
+        )
+    )
+    new = later_transactions(300, seed=13, start=f"{end + pd.Timedelta(days=3):%Y-%m-%d}")
+    expected = compute_features(new, spec, history=truth)[model.feature_names].to_numpy()
+    stale = compute_features(new, spec, history=snapshot)[model.feature_names].to_numpy()
+    assert not np.allclose(expected, stale), "the labels would change no feature: no test"
+    batch = from_instances(
+        {"instances": [instance(r) for r in new.to_dict("records")]}, TransactionSchema()
+    )
+
+    def features(detector: FraudDetector) -> np.ndarray:
+        detector.scorer.apply_scored_elsewhere()
+        return detector.scorer.features.compute(batch, detector.scorer.state)
+
+    serving, registry = _server(store, "v1", 0.1)
+    try:
+        np.testing.assert_allclose(features(serving), stale, rtol=1e-5, atol=1e-6)
+        ingest_labels(
+            store, "fraud", late[["transaction_id", "terminal_id", "timestamp", "is_fraud"]]
+        )
+        deadline = time.monotonic() + 20
+        while not _labels_total(registry, "changed") and time.monotonic() < deadline:
+            serving.scorer.apply_scored_elsewhere()
+            time.sleep(0.05)
+        assert _labels_total(registry, "changed") == len(late)
+        np.testing.assert_allclose(features(serving), expected, rtol=1e-5, atol=1e-6)
+    finally:
+        serving.close()
+    restarted, registry = _server(store, "v1", 0)
+    try:
+        assert _labels_total(registry, "changed") == len(late)
+        np.testing.assert_allclose(features(restarted), expected, rtol=1e-5, atol=1e-6)
+    finally:
+        restarted.close()

@@ -350,6 +350,75 @@ def test_online_features_equal_the_features_training_sees(tmp_path_factory, bund
     np.testing.assert_allclose(np.vstack(got), expected, rtol=1e-5, atol=1e-6)
 
 
+def _ms(timestamps: pd.Series) -> np.ndarray:
+    return ((timestamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy()
+
+
+def test_late_labels_give_the_online_features_training_computes_with_every_label(
+    tmp_path_factory, bundle
+):
+    """Label feedback closes the gap the test above allows: with the frauds reported after the
+    snapshot put on the state, the next days get the features training computes over the true
+    labels. Without them, the terminal fraud rates differ."""
+    from components.steps.register import _snapshot
+
+    spec, model = bundle.spec(), bundle.model()
+    data = shared_model(tmp_path_factory).data.sort_values("timestamp", kind="stable")
+    cut = data["timestamp"].max() - pd.Timedelta(days=5)
+    past, new = data[data["timestamp"] <= cut], data[data["timestamp"] > cut].head(600)
+    expected = compute_features(pd.concat([past, new]), spec)[model.feature_names].to_numpy()
+    expected = expected[len(past) :]
+    late = past[(past["label_known_at"] > cut) & (past["is_fraud"] == 1)]
+    kept = late[late["timestamp"] > cut - pd.Timedelta(days=spec.history_days)]
+    assert len(kept) >= 5, "too few frauds reported after the snapshot to tell"
+
+    got = {}
+    for labelled in (True, False):
+        state = InMemoryOnlineState(spec.history_days + 1)
+        state.load_frame(_snapshot(past, spec))
+        if labelled:
+            done = state.set_labels(
+                late["terminal_id"].astype(str).tolist(), _ms(late["timestamp"]), np.ones(len(late))
+            )
+            # older than the state keeps: not found; every other one marks its row
+            assert (done.changed, done.unchanged, done.not_found) == (
+                len(kept), 0, len(late) - len(kept)
+            )  # fmt: skip
+        online, rows = OnlineFeatures(spec, model.feature_names), []
+        instances = [instance(r) for r in new.to_dict("records")]
+        for k in range(0, len(instances), 50):
+            batch = from_instances({"instances": instances[k : k + 50]}, TransactionSchema())
+            rows.append(online.compute(batch, state))
+            state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
+        got[labelled] = np.vstack(rows)
+    np.testing.assert_allclose(got[True], expected, rtol=1e-5, atol=1e-6)
+    rates = [i for i, name in enumerate(model.feature_names) if "fraud_rate" in name]
+    assert not np.allclose(got[False][:, rates], expected[:, rates], rtol=1e-5, atol=1e-6)
+
+
+def test_a_late_label_marks_one_transaction_once_and_a_later_one_wins():
+    state = InMemoryOnlineState(31)
+    state.append(
+        ["c1", "c2", "c3"], ["t1", "t1", "t1"], np.array([1_000, 2_000, 2_000]), np.ones(3)
+    )
+
+    def terminal_labels() -> list[float]:
+        return state.history_for([], ["t1"]).terminals.value.tolist()
+
+    def label(terminal: str, time_ms: int, value: int) -> tuple[int, int, int]:
+        done = state.set_labels([terminal], np.array([time_ms]), np.array([value]))
+        return done.changed, done.unchanged, done.not_found
+
+    assert label("t1", 1_000, 1) == (1, 0, 0) and terminal_labels() == [1, 0, 0]
+    assert label("t1", 1_000, 1) == (0, 1, 0) and terminal_labels() == [1, 0, 0]  # idempotent
+    # two transactions at one instant: a label marks one of them (either gives the same rates)
+    assert label("t1", 2_000, 1) == (1, 0, 0) and terminal_labels() == [1, 1, 0]
+    assert label("t1", 1_000, 0) == (1, 0, 0) and terminal_labels() == [0, 1, 0]  # overturned
+    assert label("t1", 1_500, 1) == (0, 0, 1)  # no transaction then
+    assert label("t9", 1_000, 1) == (0, 0, 1)  # no such terminal
+    assert terminal_labels() == [0, 1, 0]
+
+
 def test_reason_codes_are_the_batch_reason_codes(bundle):
     spec, model = bundle.spec(), bundle.model()
     frame = later_transactions(50)
