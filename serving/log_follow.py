@@ -64,8 +64,9 @@ log = logging.getLogger("fraudops.serving")
 COLUMNS = ("transaction_id", "timestamp", "customer_id", "terminal_id", "amount")
 """The logged transaction fields the online state needs."""
 IDS = ("transaction_id", "customer_id", "terminal_id")
-LABEL_COLUMNS = ("terminal_id", "timestamp", "is_fraud")
-"""What the online state needs of a label: the terminal and time of its transaction."""
+LABEL_COLUMNS = ("transaction_id", "terminal_id", "timestamp", "is_fraud")
+"""What the online state needs of a label: its transaction, that transaction's terminal and
+time."""
 LABEL_OUTCOMES = ("changed", "unchanged", "not_found", "unplaced")
 """What became of a late label (``fraudops_online_state_labels_total``)."""
 MAX_INTERVAL = 3_600.0
@@ -96,7 +97,8 @@ class Logged:
         records: Records in them.
         unreadable: Records left out: an id, timestamp or amount missing or unreadable.
         skipped: Batches and label files left out (see :meth:`LogFollower._fetch`).
-        labels: ``terminal_id``, ``timestamp`` (UTC), ``is_fraud`` (0/1): the labels of the
+        labels: ``transaction_id``, ``terminal_id``, ``timestamp`` (UTC), ``is_fraud`` (0/1):
+            the labels of the
             label files read, in the order they were ingested (a later label wins).
         label_files: Label files read.
         unplaced: Labels left out: the terminal or time of their transaction is unknown.
@@ -112,14 +114,18 @@ class Logged:
     unplaced: int = 0
 
 
-def label_columns(labels: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+def label_columns(
+    labels: pd.DataFrame,
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """Labels read by :class:`LogFollower` as the arguments of ``OnlineState.set_labels``:
-    terminal ids, epoch milliseconds (as the scoring path counts them), labels."""
+    terminal ids, epoch milliseconds (as the scoring path counts them), labels, transaction
+    ids."""
     time_ms = (labels["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
     return (
         labels["terminal_id"].astype(str).tolist(),
         time_ms.to_numpy(np.int64),
         labels["is_fraud"].to_numpy(np.float64),
+        labels["transaction_id"].astype(str).tolist(),
     )
 
 
@@ -315,10 +321,12 @@ class LogFollower:
         """One label file's labels; a file written before labels carried their transaction's
         terminal and time gives them as unknown."""
         frame = pd.read_parquet(io.BytesIO(self.store.get_bytes(key)))
-        if "is_fraud" not in frame:
-            raise ValueError("no column is_fraud")
+        missing = [c for c in ("transaction_id", "is_fraud") if c not in frame]
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)}")
         out = pd.DataFrame(
             {
+                "transaction_id": frame["transaction_id"].astype(str),
                 "terminal_id": frame.get("terminal_id", pd.Series(None, frame.index)),
                 "timestamp": pd.to_datetime(
                     frame.get("timestamp", pd.Series(None, frame.index, dtype=object)),

@@ -24,6 +24,8 @@ KServe's own ``/metrics`` endpoint on the HTTP port exposes them next to KServe'
 ``fraudops_online_state_follow_failures_total``            polls of that log that failed
 ``fraudops_online_state_labels_total``                     late labels by outcome: changed,
                                                            unchanged, not_found, unplaced
+``fraudops_online_state_repeated_total``                   transactions the state held already
+                                                           (retries), not counted again
 ``fraudops_inference_log_queued``                          records waiting for the store
 ``fraudops_inference_log_written_total``                   records written
 ``fraudops_inference_log_dropped_total``                   records dropped, by reason
@@ -204,6 +206,13 @@ class ServingMetrics:
             "a row, unchanged (the row had it), not_found (no such transaction in the state), "
             "unplaced (the label lacks its transaction's terminal or time).",
             ("model", "outcome"),
+            **kw,
+        )
+        self.state_repeated = Counter(
+            "fraudops_online_state_repeated",
+            "Transactions the online state held already (the same transaction_id, customer "
+            "and timestamp: a retry, or one scored by two versions), not counted again.",
+            ("model",),
             **kw,
         )
         self.log_queued = Gauge(

@@ -309,6 +309,7 @@ class FraudDetector(Model):
         scorer.state = state
         scorer.scored_elsewhere = self._scored_elsewhere
         scorer.on_labels = self._labels_set
+        scorer.on_repeated = self._repeated
         schema = TransactionSchema(
             extra_numeric=spec.extra_numeric,
             max_batch=config.max_batch,
@@ -389,6 +390,7 @@ class FraudDetector(Model):
         if self.metrics is not None:  # exported from the start, at 0 (alerts use increase())
             self.metrics.state_followed.labels(self.name)
             self.metrics.state_follow_failures.labels(self.name)
+            self.metrics.state_repeated.labels(self.name)
             for outcome in LABEL_OUTCOMES:
                 self.metrics.state_labels.labels(self.name, outcome)
         self._follow_loop = FollowLoop(
@@ -410,6 +412,7 @@ class FraudDetector(Model):
                 rows["terminal_id"].astype(str).tolist(),
                 time_ms.to_numpy(np.int64),
                 rows["amount"].to_numpy(np.float64),
+                rows["transaction_id"].astype(str).tolist(),
             )
             for start in range(0, len(rows), FOLLOW_CHUNK):
                 scorer.add_scored_elsewhere(*(c[start : start + FOLLOW_CHUNK] for c in columns))
@@ -441,6 +444,11 @@ class FraudDetector(Model):
                 self.metrics.state_followed.labels(self.name).inc(len(logged.rows))
             if logged.unplaced:
                 self.metrics.state_labels.labels(self.name, "unplaced").inc(logged.unplaced)
+
+    def _repeated(self, count: int) -> None:
+        """Count transactions the state held already (metrics)."""
+        if self.metrics is not None:
+            self.metrics.state_repeated.labels(self.name).inc(count)
 
     def _labels_set(self, done: LabelsSet, unplaced: int = 0) -> None:
         """Count what late labels did to the state (metrics)."""

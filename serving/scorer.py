@@ -96,6 +96,8 @@ class Scorer:
         scorer this one replaces)."""
         self.on_labels: Callable[[LabelsSet], object] | None = None
         """Told what each batch of late labels did to the state (metrics)."""
+        self.on_repeated: Callable[[int], object] | None = None
+        """Told how many transactions the state held already (retries; metrics)."""
         self.n_reasons = n_reasons
         self.reasons_for: ReasonsFor = reasons_for
         self.contributions = contributions
@@ -112,6 +114,7 @@ class Scorer:
         terminal_ids: list[str],
         time_ms: np.ndarray,
         amount: np.ndarray,
+        transaction_ids: list[str] | None = None,
     ) -> None:
         """Queue transactions another server scored (another version of the model) for the
         online state: :meth:`apply_scored_elsewhere` adds them, chunk by chunk (before a
@@ -120,13 +123,23 @@ class Scorer:
         Safe to call from any thread: the state itself is only ever changed on the thread
         that scores (:meth:`score`, :meth:`apply_scored_elsewhere`), so scoring needs no lock.
         """
-        self.scored_elsewhere.append(("append", (customer_ids, terminal_ids, time_ms, amount)))
+        self.scored_elsewhere.append(
+            ("append", (customer_ids, terminal_ids, time_ms, amount, None, transaction_ids))
+        )
 
-    def add_labels(self, terminal_ids: list[str], time_ms: np.ndarray, labels: np.ndarray) -> None:
+    def add_labels(
+        self,
+        terminal_ids: list[str],
+        time_ms: np.ndarray,
+        labels: np.ndarray,
+        transaction_ids: list[str] | None = None,
+    ) -> None:
         """Queue late labels for the state (:meth:`OnlineState.set_labels`), after the
         transactions queued before them; safe from any thread, as
         :meth:`add_scored_elsewhere`."""
-        self.scored_elsewhere.append(("set_labels", (terminal_ids, time_ms, labels)))
+        self.scored_elsewhere.append(
+            ("set_labels", (terminal_ids, time_ms, labels, transaction_ids))
+        )
 
     def apply_scored_elsewhere(self, limit: int | None = None) -> int:
         """Apply up to ``limit`` queued chunks (all: None) to the state, on the scoring
@@ -138,8 +151,10 @@ class Scorer:
         while queue and (limit is None or limit > 0):
             kind, args = queue.popleft()
             if kind == "append":
-                state.append(*args)
-                added += len(args[0])
+                repeated = state.append(*args)
+                added += len(args[0]) - repeated
+                if repeated and self.on_repeated is not None:
+                    self.on_repeated(repeated)
             else:
                 done = state.set_labels(*args)
                 if self.on_labels is not None:
@@ -186,5 +201,13 @@ class Scorer:
             )
             for row, code in zip(rows.tolist(), codes, strict=True):
                 reasons[row] = code
-        self.state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
+        repeated = self.state.append(
+            batch.customer_id,
+            batch.terminal_id,
+            batch.time_ms,
+            batch.amount,
+            transaction_ids=batch.transaction_id,
+        )
+        if repeated and self.on_repeated is not None:
+            self.on_repeated(repeated)
         return Scored(score, alert, reasons, matrix)

@@ -75,12 +75,19 @@ class OnlineState(Protocol):
         time_ms: np.ndarray,
         amount: np.ndarray,
         label: np.ndarray | None = None,
-    ) -> None:  # pragma: no cover - protocol
-        """Add scored transactions (label None: presumed genuine, 0) to their entities' rows."""
+        transaction_ids: Sequence[str] | None = None,
+    ) -> int:  # pragma: no cover - protocol
+        """Add scored transactions (label None: presumed genuine, 0) to their entities' rows;
+        a transaction already there (same id, customer and time: a retry) is not added again.
+        Returns how many were not added for that reason."""
         ...
 
     def set_labels(
-        self, terminal_ids: Sequence[str], time_ms: np.ndarray, labels: np.ndarray
+        self,
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        labels: np.ndarray,
+        transaction_ids: Sequence[str] | None = None,
     ) -> LabelsSet:  # pragma: no cover - protocol
         """Put late labels (0 or 1) on the terminal rows of these transactions."""
         ...
@@ -90,14 +97,36 @@ class OnlineState(Protocol):
         ...
 
 
-class _Series:
-    """Rows of one entity sorted by time: compact C arrays that grow in place."""
+NO_ID = -1
+"""The id hash of a row whose transaction id is not known (``hash`` of a str is never -1)."""
 
-    __slots__ = ("time", "value")
+
+def id_hashes(transaction_ids: Sequence[str] | None, n: int) -> list[int]:
+    """The hashes the state keeps of transaction ids (:data:`NO_ID` for each when None).
+
+    Python's ``hash`` of a string: 64 bits, salted per process, which is enough for a state
+    that lives in one process and compares ids only among one entity's rows at one instant.
+    """
+    return [NO_ID] * n if transaction_ids is None else list(map(hash, transaction_ids))
+
+
+class _Series:
+    """Rows of one entity sorted by time: compact C arrays that grow in place (the time, the
+    value, and a hash of the transaction id)."""
+
+    __slots__ = ("ids", "time", "value")
 
     def __init__(self) -> None:
         self.time = array("q")
         self.value = array("d")
+        self.ids = array("q")
+
+    def holds(self, time: int, id_hash: int) -> bool:
+        """Whether the transaction with this id hash is a row at ``time`` already."""
+        if id_hash == NO_ID:
+            return False
+        start, end = bisect_left(self.time, time), bisect_right(self.time, time)
+        return id_hash in self.ids[start:end]
 
 
 class _Table:
@@ -128,66 +157,104 @@ class _Table:
         values = b"".join([s.value for s in present])
         return EntityRows(group, np.frombuffer(times, np.int64), np.frombuffer(values, np.float64))
 
-    def add(self, entity: str, time: int, value: float, floor_ms: int) -> None:
+    def add(
+        self, entity: str, time: int, value: float, floor_ms: int, id_hash: int = NO_ID
+    ) -> bool:
+        """Add a row, unless its transaction is a row there already; True when added."""
         s = self.series.get(entity)
         if s is None:
             s = self.series[entity] = _Series()
-        if not s.time or time >= s.time[-1]:
+        if not s.time or time > s.time[-1]:
             s.time.append(time)
             s.value.append(value)
-        else:  # a late arrival: keep the rows sorted
+            s.ids.append(id_hash)
+        elif s.holds(time, id_hash):  # a retried transaction: counted once
+            return False
+        else:  # a late arrival, or another row at the same instant: keep the rows sorted
             i = bisect_right(s.time, time)
             s.time.insert(i, time)
             s.value.insert(i, value)
+            s.ids.insert(i, id_hash)
         self.rows += 1
         if s.time[0] < floor_ms - self.slack_ms:
             self._cut(entity, s, floor_ms)
+        return True
 
     def add_many(
-        self, ids: Sequence[str], times: list[int], values: list[float], floor_ms: int
-    ) -> None:
-        """:meth:`add` for each row; an entity's next row (the common case) is added inline."""
+        self,
+        ids: Sequence[str],
+        times: list[int],
+        values: list[float],
+        floor_ms: int,
+        id_hashes: list[int],
+    ) -> int:
+        """:meth:`add` for each row; an entity's next row (the common case) is added inline.
+
+        Returns:
+            How many rows were not added: their transaction was a row already.
+        """
         get = self.series.get
         keep_from = floor_ms - self.slack_ms
-        added = 0
-        for entity, time, value in zip(ids, times, values, strict=True):
+        added = held = 0
+        for entity, time, value, id_hash in zip(ids, times, values, id_hashes, strict=True):
             s = get(entity)
             # a series is never empty; appending at its end leaves nothing to cut
-            if s is not None and time >= s.time[-1] and s.time[0] >= keep_from:
+            if s is not None and time > s.time[-1] and s.time[0] >= keep_from:
                 s.time.append(time)
                 s.value.append(value)
+                s.ids.append(id_hash)
                 added += 1
-            else:
-                self.add(entity, time, value, floor_ms)
+            elif not self.add(entity, time, value, floor_ms, id_hash):
+                held += 1
         self.rows += added
+        return held
 
-    def extend_sorted(self, entity: str, time: np.ndarray, value: np.ndarray) -> None:
+    def extend_sorted(
+        self, entity: str, time: np.ndarray, value: np.ndarray, id_hash: np.ndarray
+    ) -> None:
         """Bulk-add rows sorted by time, all after the entity's last row (seeding)."""
         s = self.series.get(entity)
         if s is None:
             s = self.series[entity] = _Series()
-        elif s.time and time[0] < s.time[-1]:
-            for t, v in zip(time.tolist(), value.tolist(), strict=True):
-                self.add(entity, t, v, -(2**62))
+        elif s.time and time[0] <= s.time[-1]:
+            for t, v, h in zip(time.tolist(), value.tolist(), id_hash.tolist(), strict=True):
+                self.add(entity, t, v, -(2**62), h)
             return
         s.time.frombytes(np.ascontiguousarray(time, np.int64).tobytes())
         s.value.frombytes(np.ascontiguousarray(value, np.float64).tobytes())
+        s.ids.frombytes(np.ascontiguousarray(id_hash, np.int64).tobytes())
         self.rows += len(time)
 
-    def set_value(self, entity: str, time: int, value: float) -> bool | None:
-        """Give a row of ``entity`` at ``time`` this value; True: changed, False: a row there
-        had it already, None: no row there. Of several rows at one time the first that
-        differs is changed, so each label marks one transaction, and once."""
+    def set_value(self, entity: str, time: int, value: float, id_hash: int = NO_ID) -> bool | None:
+        """Give the row of a transaction this value; True: changed, False: it had it already,
+        None: no row of ``entity`` at ``time``.
+
+        The row is the one with that id hash; failing that (rows whose id is not known), the
+        first row at that time that differs, unless one there has the value already.
+        """
         s = self.series.get(entity)
         if s is None:
             return None
         start, end = bisect_left(s.time, time), bisect_right(s.time, time)
         if start == end:
             return None
-        rows = s.value[start:end]
-        if value in rows:
+        ids = s.ids[start:end]
+        if id_hash != NO_ID:
+            if id_hash in ids:
+                at = start + ids.index(id_hash)
+                if s.value[at] == value:
+                    return False
+                s.value[at] = value
+                return True
+            # its transaction is not here, unless among rows whose id is not known
+            unknown = [start + i for i, h in enumerate(ids) if h == NO_ID]
+        else:
+            unknown = list(range(start, end))
+        if not unknown:
+            return None
+        if any(s.value[i] == value for i in unknown):
             return False
-        s.value[start + next(i for i, v in enumerate(rows) if v != value)] = value
+        s.value[next(i for i in unknown if s.value[i] != value)] = value
         return True
 
     def _cut(self, entity: str, s: _Series, floor_ms: int) -> None:
@@ -197,6 +264,7 @@ class _Table:
         else:
             del s.time[:k]
             del s.value[:k]
+            del s.ids[:k]
         self.rows -= k
 
     def prune(self, floor_ms: int, budget: int) -> None:
@@ -213,8 +281,10 @@ class _Table:
 class InMemoryOnlineState:
     """Per-customer and per-terminal arrays in this process, with bounded memory.
 
-    Each entity's rows live in two compact C arrays (``array.array``: 8 bytes a value, appends
-    in place); a request reads them as numpy arrays without a Python loop over rows.
+    Each entity's rows live in three compact C arrays (``array.array``: 8 bytes a value,
+    appends in place): time, value, and a hash of the transaction id, which makes a retried
+    transaction count once and lets a late label find its own row. A request reads times and
+    values as numpy arrays without a Python loop over rows.
 
     Rows older than ``retention_days`` before the latest transaction seen (the watermark) are
     dropped: when an append touches their entity, and for a few other entities per append (a
@@ -249,22 +319,30 @@ class InMemoryOnlineState:
         time_ms: np.ndarray,
         amount: np.ndarray,
         label: np.ndarray | None = None,
-    ) -> None:
+        transaction_ids: Sequence[str] | None = None,
+    ) -> int:
         n = len(customer_ids)
         if n == 0:
-            return
+            return 0
         times = np.asarray(time_ms, dtype=np.int64).tolist()
         amounts = np.asarray(amount, dtype=np.float64).tolist()
         labels = [0.0] * n if label is None else np.asarray(label, np.float64).tolist()
+        hashes = id_hashes(transaction_ids, n)
         self.watermark_ms = max(self.watermark_ms, max(times))
         floor = self.floor_ms
-        self.customers.add_many(customer_ids, times, amounts, floor)
-        self.terminals.add_many(terminal_ids, times, labels, floor)
+        # each table finds a retried transaction on its own: its rows went in together
+        held = self.customers.add_many(customer_ids, times, amounts, floor, hashes)
+        self.terminals.add_many(terminal_ids, times, labels, floor, hashes)
         self.customers.prune(floor, self.sweep_per_append)
         self.terminals.prune(floor, self.sweep_per_append)
+        return held
 
     def set_labels(
-        self, terminal_ids: Sequence[str], time_ms: np.ndarray, labels: np.ndarray
+        self,
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        labels: np.ndarray,
+        transaction_ids: Sequence[str] | None = None,
     ) -> LabelsSet:
         """Put late labels on terminal rows (see :meth:`_Table.set_value`).
 
@@ -273,11 +351,12 @@ class InMemoryOnlineState:
         frauds reported since the bundle was trained, as training counts every label.
         """
         outcomes = [
-            self.terminals.set_value(t, time, float(label))
-            for t, time, label in zip(
+            self.terminals.set_value(t, time, label, id_hash)
+            for t, time, label, id_hash in zip(
                 terminal_ids,
                 np.asarray(time_ms, np.int64).tolist(),
                 np.asarray(labels, np.float64).tolist(),
+                id_hashes(transaction_ids, len(terminal_ids)),
                 strict=True,
             )
         ]
@@ -299,7 +378,8 @@ class InMemoryOnlineState:
         """Add transactions from a frame (e.g. the bundle's ``online/snapshot.parquet``).
 
         Needs ``timestamp``, ``customer_id``, ``terminal_id``, ``amount``; ``is_fraud`` when
-        known (blank labels stay unknown). Returns the number of rows read.
+        known (blank labels stay unknown); ``transaction_id`` when known. Returns the number
+        of rows read.
         """
         if frame.empty:
             return 0
@@ -313,6 +393,13 @@ class InMemoryOnlineState:
         times = time_ms.to_numpy(np.int64)
         if labels is None:
             labels = np.full(len(frame), np.nan)
+        hashes = np.array(
+            id_hashes(
+                frame["transaction_id"].astype(str) if "transaction_id" in frame else None,
+                len(frame),
+            ),
+            np.int64,
+        )
         self.watermark_ms = max(self.watermark_ms, int(times.max()))
         for table, ids, values in (
             (self.customers, frame["customer_id"], frame["amount"].to_numpy(np.float64)),
@@ -322,7 +409,8 @@ class InMemoryOnlineState:
             order = np.lexsort((times, codes))
             bounds = np.flatnonzero(np.diff(codes[order])) + 1
             for rows in np.split(order, bounds):
-                table.extend_sorted(str(uniques[codes[rows[0]]]), times[rows], values[rows])
+                entity = str(uniques[codes[rows[0]]])
+                table.extend_sorted(entity, times[rows], values[rows], hashes[rows])
         floor = self.floor_ms
         for table in (self.customers, self.terminals):
             table.prune(floor, len(table.series))

@@ -307,6 +307,45 @@ def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):
     assert not np.allclose(scores["alone"], expected, rtol=1e-6)
 
 
+def test_a_transaction_both_versions_scored_counts_once_in_each_state(bundle, tmp_path):
+    """A gateway retries on the stable a request the canary scored (its answer was lost): each
+    state then holds it from its own request and from the other's log, and counts it once.
+    The same request again on one server gets the same score and changes nothing."""
+    store = _two_versions(bundle, tmp_path)
+    spec, model = bundle.spec(), bundle.model()
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    new = later_transactions(200, seed=14)
+    expected = model.predict(compute_features(new, spec, history=snapshot))[120:]
+    rows = [instance(r) for r in new.to_dict("records")]
+    (stable, on_stable), (canary, on_canary) = _server(store, "v1", 0.1), _server(store, "v2", 0.1)
+    repeated = {"model": "fraud"}
+    try:
+        for row in rows[:120]:
+            first = canary.predict({"instances": [row]}, {})["predictions"][0]
+            stable.predict({"instances": [row]}, {})
+            again = canary.predict({"instances": [row]}, {})["predictions"][0]
+            assert again == first
+        deadline = time.monotonic() + 20
+        while min(_followed(on_stable) or 0, _followed(on_canary) or 0) < 120:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        scores = {
+            name: [d.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[120:]]
+            for name, d in (("stable", stable), ("canary", canary))
+        }
+    finally:
+        stable.close()
+        canary.close()
+    for name in ("stable", "canary"):
+        np.testing.assert_allclose(scores[name], expected, rtol=1e-6, err_msg=name)
+    # the canary: its 120 retries, and the stable's 120 from its log. The stable: the canary's
+    # 240 records of those 120, less the copies that came in one poll (dropped there)
+    assert on_canary.get_sample_value("fraudops_online_state_repeated_total", repeated) == 240
+    assert (
+        120 <= on_stable.get_sample_value("fraudops_online_state_repeated_total", repeated) <= 240
+    )
+
+
 def test_the_event_loop_adds_the_followed_transactions_between_requests(
     bundle, tmp_path, monkeypatch
 ):
@@ -331,7 +370,10 @@ def test_the_event_loop_adds_the_followed_transactions_between_requests(
         before = on_loop(canary.state.stats)["customer_rows"]
         stable.predict({"instances": rows}, {})
         deadline = time.monotonic() + 20
-        while on_loop(canary.state.stats)["customer_rows"] < before + 100:
+        # the poll is counted once its rows are queued, and may be after the loop adds them
+        while on_loop(canary.state.stats)["customer_rows"] < before + 100 or not _followed(
+            followed
+        ):
             assert time.monotonic() < deadline, (_followed(followed), before)
             time.sleep(0.05)
         assert on_loop(lambda: len(canary.scorer.scored_elsewhere)) == 0
@@ -365,7 +407,7 @@ def test_a_poll_reads_each_new_label_file_once_and_counts_labels_it_cannot_place
     polled = follower.poll(NOW)
     assert (polled.label_files, polled.unplaced, polled.batches) == (2, 1, 0)
     assert polled.labels.to_dict("records") == [
-        {"terminal_id": "t-1", "timestamp": stamp, "is_fraud": 1}
+        {"transaction_id": "a", "terminal_id": "t-1", "timestamp": stamp, "is_fraud": 1}
     ]
     assert follower.poll(NOW).label_files == 0  # each file once
     # a later file overturns an earlier label: both arrive, in the order they were ingested

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -44,9 +45,10 @@ from serving_helpers import (
 
 from components.bundle import fetch_bundle
 from components.features import compute_features
-from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE, read_records
+from components.inference_log import REQUEST_TYPE, RESPONSE_TYPE, read_frame, read_records
 from components.scoring import reason_codes
 from components.store import LocalStore, open_store
+from serving.log_follow import LABEL_OUTCOMES
 
 MODEL = "fraud"
 MAX_BATCH = 64
@@ -666,6 +668,56 @@ def test_metrics_are_scraped_from_the_server(server):
     assert ("fraudops_inference_log_queued", ()) in after
     assert _value(after, "fraudops_inference_log_dropped_total") == 0
     assert _value(after, "request_predict_seconds_count", model_name=MODEL) > 0  # KServe's own
+
+
+def test_late_labels_ingested_by_the_cli_reach_the_running_servers_state(
+    server, s3_store, s3_env, tmp_path
+):
+    """`fraudops labels ingest` (a real process) writes to the S3 store; the server reads the
+    label file at its next poll and puts each label where it belongs, counted by outcome."""
+    rows = [_valid(f"label{i}") for i in range(2)]
+    assert _post(server, V1, {"instances": rows}).status_code == 200
+    ids = [r["transaction_id"] for r in rows]
+    deadline = time.monotonic() + 20
+    while not set(ids) <= set(read_frame(s3_store, MODEL, columns=["tx.transaction_id"]).get(
+        "tx.transaction_id", pd.Series(dtype=str)
+    ).astype(str)):  # fmt: skip
+        assert time.monotonic() < deadline, "the server did not log the transactions"
+        time.sleep(0.2)
+    before = _metrics(server)
+    path = tmp_path / "chargebacks.csv"
+    pd.DataFrame(
+        {
+            "transaction_id": [*ids, "never-scored", "scored-elsewhere"],
+            "is_fraud": [1, 0, 1, 1],
+            "terminal_id": [None, None, None, "ZT-unknown"],
+            "timestamp": [None, None, None, "2026-05-16T00:00:00Z"],
+        }
+    ).to_csv(path, index=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "fraudops", "labels", "ingest", str(path), "--model", MODEL,
+         "--store", BUCKET],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **s3_env}, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "labels in 4: matched 2" in done.stdout
+    assert "3 with their transaction's terminal and time" in " ".join(done.stdout.split())
+
+    def delta(outcome: str) -> float:
+        name = "fraudops_online_state_labels_total"
+        return _value(_metrics(server), name, outcome=outcome) - _value(
+            before, name, outcome=outcome
+        )
+
+    deadline = time.monotonic() + 30  # the server polls every 5 s
+    while delta("changed") + delta("unchanged") + delta("not_found") + delta("unplaced") < 4:
+        assert time.monotonic() < deadline, {o: delta(o) for o in LABEL_OUTCOMES}
+        time.sleep(0.5)
+    # the fraud turned its row to 1; the genuine one was presumed so; the label of a
+    # transaction the state never saw finds no row; one with no terminal or time is counted
+    assert {o: delta(o) for o in LABEL_OUTCOMES} == {
+        "changed": 1, "unchanged": 1, "not_found": 1, "unplaced": 1
+    }  # fmt: skip
 
 
 # -- shutdown, bad bundle -----------------------------------------------------------------

@@ -419,6 +419,43 @@ def test_a_late_label_marks_one_transaction_once_and_a_later_one_wins():
     assert terminal_labels() == [0, 1, 0]
 
 
+def test_a_retried_transaction_counts_once_in_the_state():
+    """Same id, customer and time: held already (a retry, or scored by two versions)."""
+    state = InMemoryOnlineState(31)
+
+    def add(customer: str, time_ms: int, tx: str | None) -> int:
+        ids = None if tx is None else [tx]
+        return state.append([customer], ["t1"], np.array([time_ms]), np.ones(1), None, ids)
+
+    assert add("c1", 1_000, "a") == 0
+    assert add("c1", 2_000, "b") == 0
+    assert add("c1", 1_000, "a") == 1  # a retry after a later transaction: a late arrival
+    assert add("c1", 2_000, "b") == 1  # a retry of the newest row
+    assert add("c1", 2_000, "c") == 0  # another transaction at the same instant
+    assert add("c1", 3_000, "a") == 0  # the id again at another time: another transaction
+    assert add("c1", 2_000, None) == 0  # no id: never taken for a retry
+    assert state.stats()["customer_rows"] == state.stats()["terminal_rows"] == 5
+    history = state.history_for(["c1"], ["t1"])
+    assert history.customers.time_ms.tolist() == [1_000, 2_000, 2_000, 2_000, 3_000]
+    assert history.terminals.time_ms.tolist() == [1_000, 2_000, 2_000, 2_000, 3_000]
+
+
+def test_a_late_label_with_its_transaction_id_marks_that_transactions_row():
+    state = InMemoryOnlineState(31)
+    state.append(["c1", "c2"], ["t1", "t1"], np.array([5, 5]), np.ones(2), None, ["x", "y"])
+
+    def label(tx: str, value: int) -> tuple[int, int, int]:
+        done = state.set_labels(["t1"], np.array([5]), np.array([value]), [tx])
+        return done.changed, done.unchanged, done.not_found
+
+    assert label("y", 1) == (1, 0, 0)
+    assert state.history_for([], ["t1"]).terminals.value.tolist() == [0, 1]
+    assert label("x", 1) == (1, 0, 0)  # the same instant, another transaction: its own row
+    assert label("x", 1) == (0, 1, 0)
+    assert label("z", 1) == (0, 0, 1)  # not a transaction of that instant
+    assert state.history_for([], ["t1"]).terminals.value.tolist() == [1, 1]
+
+
 def test_reason_codes_are_the_batch_reason_codes(bundle):
     spec, model = bundle.spec(), bundle.model()
     frame = later_transactions(50)
