@@ -262,6 +262,36 @@ def batch_keys(
     return keys
 
 
+def _as_text_where_types_differ(tables: list) -> list:
+    """Batches written by different writers may type a column differently (integer ids from
+    one, text from another; timestamps as text or as Arrow timestamps): such a column becomes
+    text in every batch, so they concatenate (Arrow would refuse) and read alike."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    types: dict[str, set] = {}
+    for table in tables:
+        for field in table.schema:
+            if not pa.types.is_null(field.type):  # an all-null column takes any type
+                types.setdefault(field.name, set()).add(field.type)
+    mixed = {name for name, kinds in types.items() if len(kinds) > 1}
+    if not mixed:
+        return tables
+    out = []
+    for table in tables:
+        for name in mixed.intersection(table.column_names):
+            at = table.column_names.index(name)
+            column = table.column(at)
+            if pa.types.is_timestamp(column.type):  # as ISO 8601, as the writers log them
+                # Arrow's %S carries the fraction of the second
+                text = pc.strftime(column.cast(pa.timestamp("us", tz="UTC")), "%Y-%m-%dT%H:%M:%SZ")
+            else:
+                text = column.cast(pa.string())
+            table = table.set_column(at, name, text)
+        out.append(table)
+    return out
+
+
 def _parse_timestamp_column(table, name: str):
     """Parse an ISO-8601 text column to UTC timestamps inside Arrow (fast); keep it if it fails."""
     import pyarrow as pa
@@ -304,7 +334,7 @@ def read_frame(
         tables.append(table)
     if not tables:
         return pd.DataFrame(columns=wanted or ["time"])
-    table = pa.concat_tables(tables, promote_options="default")
+    table = pa.concat_tables(_as_text_where_types_differ(tables), promote_options="default")
     if typed:
         table = _parse_timestamp_column(table, TX + "timestamp")
     # text columns repeat (ids, categories): categoricals are far cheaper to build and group

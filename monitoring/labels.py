@@ -12,6 +12,7 @@ state: terminal fraud rates then count the frauds reported since the bundle was 
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ from components.store import ObjectStore
 __all__ = ["LabelIngest", "PerformanceFloor", "daily_performance", "ingest_labels", "load_labels"]
 
 LABEL_PREFIX = PREFIX
+
+log = logging.getLogger(__name__)
 
 
 class LabelFileError(ValueError):
@@ -127,7 +130,11 @@ def normalise_labels(frame: pd.DataFrame, source: str = "labels") -> tuple[pd.Da
 
 
 def place_labels(labels: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Fill each label's missing ``terminal_id`` and ``timestamp`` from its logged prediction.
+    """Each label's ``terminal_id`` and ``timestamp``: those of its logged prediction, else the
+    file's own.
+
+    The logged ones win: they are exactly what the servers put in their online state, while a
+    label feed often gives the transaction's time to the second or only its date.
 
     Args:
         labels: From :func:`normalise_labels`.
@@ -145,17 +152,31 @@ def place_labels(labels: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
     ids = labels["transaction_id"]
     terminals = ids.map(logged["tx.terminal_id"].astype(object))
     out = labels.copy()
-    out["terminal_id"] = out["terminal_id"].where(out["terminal_id"].notna(), terminals)
+    out["terminal_id"] = terminals.where(terminals.notna(), out["terminal_id"])
     out["terminal_id"] = out["terminal_id"].map(lambda t: None if pd.isna(t) else str(t))
-    out["timestamp"] = out["timestamp"].fillna(ids.map(stamps)).astype("datetime64[ns, UTC]")
+    logged_at = ids.map(stamps).astype("datetime64[ns, UTC]")
+    out["timestamp"] = logged_at.fillna(out["timestamp"]).astype("datetime64[ns, UTC]")
     return out
 
 
 def load_labels(store: ObjectStore, model: str) -> pd.DataFrame:
-    """Every label ingested so far for ``model`` (latest per transaction)."""
-    parts = [
-        pd.read_parquet(io.BytesIO(store.get_bytes(key))) for key in label_file_keys(store, model)
-    ]
+    """Every label ingested so far for ``model`` (latest per transaction).
+
+    A file under ``labels/<model>/`` that is not a label file (not Parquet, no
+    ``transaction_id`` or ``is_fraud``) is left out with a warning: it must not stop every
+    later ingestion.
+    """
+    parts = []
+    for key in label_file_keys(store, model):
+        data = store.get_bytes(key)
+        try:
+            part = pd.read_parquet(io.BytesIO(data))
+            if not {"transaction_id", "is_fraud"} <= set(part.columns):
+                raise ValueError(f"columns {list(part.columns)}")
+        except (ValueError, OSError) as e:  # pyarrow's errors are ValueErrors or OSErrors
+            log.warning("%s is not a label file (%s); left out", key, e)
+            continue
+        parts.append(part)
     if not parts:
         return pd.DataFrame(columns=["transaction_id", "is_fraud", "label_time"])
     return pd.concat(parts, ignore_index=True).drop_duplicates("transaction_id", keep="last")

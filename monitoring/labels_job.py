@@ -80,7 +80,12 @@ def ingest(
     store_uri = default_store_uri(store)
     try:
         config = RetrainConfig(retrain, retrain_data, kfp_host)
-        frame = pd.read_parquet(file) if file.suffix in (".parquet", ".pq") else pd.read_csv(file)
+        frame = (
+            pd.read_parquet(file)
+            if file.suffix in (".parquet", ".pq")
+            # ids are text: "0042" and a column with blanks must not become 42 and 42.0
+            else pd.read_csv(file, dtype={c: str for c in ("transaction_id", "terminal_id")})
+        )
         s = open_store(store_uri)
         floor = PerformanceFloor(min_precision, min_recall, min_average_precision, min_frauds)
         result = ingest_labels(s, model, frame, floor, not only_labelled, str(file))

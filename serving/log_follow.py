@@ -149,6 +149,8 @@ class LogFollower:
         self.after = after
         self.seen: set[str] = set()
         self.attempts: dict[str, int] = {}
+        self.label_error: str | None = None
+        """Why the label files cannot be listed (None: they can)."""
 
     def replay(self, since: datetime) -> Logged:
         """Every version's transactions logged from ``since`` (e.g. a restart's history), and
@@ -158,7 +160,7 @@ class LogFollower:
             StoreError: the store cannot be listed, or is unavailable.
         """
         batches = batch_keys(self.store, self.model, None, since, None)
-        return self._read(batches, label_file_keys(self.store, self.model, since=since))
+        return self._read(batches, self._label_keys(since=since))
 
     def poll(self, now: datetime | None = None) -> Logged:
         """The other versions' transactions in batches not read before.
@@ -186,7 +188,7 @@ class LogFollower:
         """The other versions' batches and the label files of today and yesterday."""
         now = now or datetime.now(UTC)
         days = [f"{d:%Y-%m-%d}" for d in (now - timedelta(days=1), now)]
-        labels = label_file_keys(self.store, self.model, days)
+        labels = self._label_keys(days=days)
         root = f"{PREFIX}/{self.model}/"
         keys = []
         for folder in self.store.list(root, recursive=False):
@@ -197,6 +199,25 @@ class LogFollower:
                     k for k in self.store.list(f"{folder}date={day}/") if k.endswith(".parquet")
                 ]
         return keys, labels
+
+    def _label_keys(self, **where: Any) -> list[str]:
+        """The label files (:func:`label_file_keys`); none while they cannot be listed (e.g.
+        the credentials may not read ``labels/``), so the transactions are still followed."""
+        try:
+            keys = label_file_keys(self.store, self.model, **where)
+        except StoreUnavailableError:
+            raise
+        except StoreError as e:
+            if str(e) != self.label_error:
+                log.warning(
+                    "cannot list the label files (%s); the online state gets no late labels "
+                    "until it can",
+                    e,
+                )
+            self.label_error = str(e)
+            return []
+        self.label_error = None
+        return keys
 
     def _read(self, batches: list[str], label_files: list[str]) -> Logged:
         """The transactions of these batches and the labels of these label files.

@@ -5,6 +5,7 @@ import pytest
 from components.inference_log import (
     RESPONSE_TYPE,
     make_record,
+    read_frame,
     read_records,
     write_batch,
 )
@@ -91,3 +92,52 @@ def test_records_round_trip_exactly_and_read_frame_is_flat(store):
     assert list(frame.columns) == ["feature.hour", "score", "time", "tx.amount", "tx.timestamp"]
     assert frame.loc[0, "tx.amount"] == 12.5 and frame.loc[0, "time"] == when
     assert frame.loc[0, "tx.timestamp"] == when - timedelta(minutes=1)  # parsed, typed
+
+
+def test_read_frame_reads_batches_whose_writers_typed_a_column_differently(store):
+    """Integer ids from one writer, text from another; Arrow timestamps beside ISO text:
+    such columns are read as text (timestamps in ISO 8601, then parsed), not refused."""
+    import io
+
+    import pandas as pd
+
+    when = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    write_batch(
+        store,
+        [
+            make_record(
+                model="fraud",
+                version="v1",
+                transaction={"transaction_id": "a", "terminal_id": "t-1",
+                             "timestamp": "2026-06-01T10:00:00.250Z"},
+                score=0.1,
+                decision="pass",
+                time=when,
+            )
+        ],
+    )  # fmt: skip
+    other = pd.DataFrame(
+        {
+            "time": [when],
+            "tx.transaction_id": [7],
+            "tx.terminal_id": [5],
+            "tx.timestamp": [pd.Timestamp("2026-06-01T11:00:00.5Z")],
+            "score": [0.2],
+            "decision": ["pass"],
+            "version": ["v2"],
+        }
+    )
+    buffer = io.BytesIO()
+    other.to_parquet(buffer)
+    store.put_bytes(
+        "inference-log/fraud/v2/date=2026-06-01/120000000000-x.parquet", buffer.getvalue()
+    )
+    frame = read_frame(
+        store, "fraud", columns=["tx.transaction_id", "tx.terminal_id", "tx.timestamp"]
+    )
+    assert frame["tx.transaction_id"].astype(str).tolist() == ["a", "7"]
+    assert frame["tx.terminal_id"].astype(str).tolist() == ["t-1", "5"]
+    assert frame["tx.timestamp"].tolist() == [
+        pd.Timestamp("2026-06-01T10:00:00.250Z"),
+        pd.Timestamp("2026-06-01T11:00:00.5Z"),
+    ]

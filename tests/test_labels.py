@@ -163,15 +163,16 @@ def test_labels_carry_their_transactions_terminal_and_time_for_the_online_state(
         {
             "transaction_id": ["a", "b", "y", "z"],
             "is_fraud": [1, 1, 1, 0],
-            "terminal_id": [None, "t-9", "t-3", None],  # b: the file's own terminal wins
-            "timestamp": [None, None, "2026-05-30T08:00:00Z", None],
+            # b: the logged terminal and time win over the file's (a feed's time is coarse)
+            "terminal_id": [None, "t-9", "t-3", None],
+            "timestamp": [None, "2026-06-01", "2026-05-30T08:00:00Z", None],
         }
     )
     result = ingest_labels(store, "fraud", labels)
     assert (result.labels_in, result.matched, result.placed) == (4, 2, 3)
     stored = pd.read_parquet(io.BytesIO(store.get_bytes(result.keys["labels"])))
     stored = stored.set_index("transaction_id")
-    assert stored["terminal_id"].tolist() == ["t-1", "t-9", "t-3", None]
+    assert stored["terminal_id"].tolist() == ["t-1", "t-2", "t-3", None]
     assert stored["timestamp"].tolist()[:3] == [
         pd.Timestamp("2026-06-01T10:00:00.250Z"),
         pd.Timestamp("2026-06-01T10:00:00Z"),
@@ -184,3 +185,35 @@ def test_labels_carry_their_transactions_terminal_and_time_for_the_online_state(
         LabelFileError, match=r"1 timestamp\(s\) cannot be read \(data rows \[2\]\)"
     ):
         ingest_labels(store, "fraud", bad)
+
+
+def test_the_command_reads_ids_as_text_and_skips_a_stray_file_in_the_labels(tmp_path, caplog):
+    """ "00090005" stays itself (not 90005), a terminal column with blanks does not turn "0042"
+    into 42.0, and a file under labels/ that is not a label file does not stop ingestion."""
+    store = LocalStore(tmp_path / "store")
+    write_batch(
+        store,
+        [
+            make_record(
+                model="fraud",
+                version="v1",
+                transaction={"transaction_id": "00090005", "terminal_id": "0042",
+                             "timestamp": "2026-06-01T10:00:00Z"},
+                score=0.2,
+                decision="pass",
+                time=DAY1,
+            )
+        ],
+    )  # fmt: skip
+    store.put_bytes("labels/fraud/2026-01-01/000000000000-stray.parquet", b"not parquet")
+    path = tmp_path / "chargebacks.csv"
+    path.write_text("transaction_id,is_fraud,terminal_id\n00090005,1,\nq-7,1,0042\n")
+    result = CliRunner().invoke(
+        app, ["ingest", str(path), "--model", "fraud", "--store", str(store.root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "labels in 2: matched 1" in result.output
+    assert "stray.parquet is not a label file" in caplog.text
+    (key,) = [k for k in store.list("labels/fraud/") if "stray" not in k]
+    stored = pd.read_parquet(io.BytesIO(store.get_bytes(key))).set_index("transaction_id")
+    assert stored["terminal_id"].to_dict() == {"00090005": "0042", "q-7": "0042"}

@@ -151,11 +151,11 @@ class _DownAtFirst(LocalStore):
         super().__init__(root)
         self.failures = failures
 
-    def list(self, prefix: str = "", recursive: bool = True) -> list[str]:
+    def list(self, prefix: str = "", recursive: bool = True, start_after=None) -> list[str]:
         if self.failures > 0:
             self.failures -= 1
             raise StoreUnavailableError("s3://fraudops: connection refused")
-        return super().list(prefix, recursive)
+        return super().list(prefix, recursive, start_after)
 
 
 class _Refusing(LocalStore):
@@ -445,6 +445,29 @@ def test_a_store_down_in_the_middle_of_a_poll_loses_neither_batches_nor_labels(t
     polled = follower.poll(NOW)  # the batch read before the store went down is read again
     assert (polled.batches, polled.label_files) == (1, 1)
     assert polled.rows["transaction_id"].tolist() == ["a"] and len(polled.labels) == 1
+
+
+class _NoLabelsAccess(LocalStore):
+    """A store whose credentials may not list labels/ (an S3 policy without that prefix)."""
+
+    def list(self, prefix: str = "", recursive: bool = True, start_after=None) -> list[str]:
+        if prefix.startswith("labels/"):
+            raise StorePermissionError(f"s3://fraudops/{prefix}: AccessDenied")
+        return super().list(prefix, recursive, start_after)
+
+
+def test_label_files_that_cannot_be_listed_do_not_stop_the_transactions(tmp_path, caplog):
+    store = _NoLabelsAccess(tmp_path)
+    _batch(store, "v2", ["a"], NOW)
+    follower = LogFollower(store, "fraud", "v1", SNAPSHOT_END)
+    assert follower.replay(NOW - timedelta(days=3)).rows["transaction_id"].tolist() == ["a"]
+    _batch(store, "v2", ["b"], NOW)
+    polled = follower.poll(NOW)
+    assert polled.rows["transaction_id"].tolist() == ["b"] and polled.label_files == 0
+    warned = caplog.text.count("cannot list the label files")
+    assert warned >= 1
+    follower.poll(NOW)
+    assert caplog.text.count("cannot list the label files") == warned  # not at every poll
 
 
 def _labels_total(registry: CollectorRegistry, outcome: str) -> float | None:

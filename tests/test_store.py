@@ -227,6 +227,18 @@ def test_list_is_sorted_and_filters_by_prefix(store: ObjectStore) -> None:
     assert store.list("a/", recursive=False) == ["a/1", "a/2", "a/sub/"]
 
 
+def test_list_after_a_key_skips_it_and_every_key_before(store: ObjectStore) -> None:
+    for key in ("log/d/120000-a", "log/d/120000-b", "log/d/120500-a", "log/e/000000-a"):
+        store.put_bytes(key, b"x")
+    assert store.list("log/d/", start_after="log/d/120000-a") == [
+        "log/d/120000-b",
+        "log/d/120500-a",
+    ]
+    assert store.list("log/d/", start_after="log/d/1202") == ["log/d/120500-a"]  # not a key
+    assert store.list("log/d/", start_after="log/d/2") == []
+    assert store.list("log/", start_after="log/d/120500-a") == ["log/e/000000-a"]
+
+
 def test_list_on_empty_store(store: ObjectStore) -> None:
     assert store.list() == []
     assert not store.exists("anything")

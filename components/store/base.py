@@ -414,13 +414,17 @@ class ObjectStore(ABC):
         return True
 
     @abstractmethod
-    def list(self, prefix: str = "", recursive: bool = True) -> list[str]:
+    def list(
+        self, prefix: str = "", recursive: bool = True, start_after: str | None = None
+    ) -> list[str]:
         """List keys that start with ``prefix``, relative to the store root, sorted.
 
         Args:
             prefix: A key prefix (``"models/"``, ``"models/fr"``); ``""`` lists everything.
             recursive: If false, keys with a further '/' after the prefix collapse into
                 "directory" entries ending in '/', as with S3's delimiter.
+            start_after: Only keys after this one (in byte order), as S3's ``StartAfter``:
+                on S3 the keys before it are not even sent.
 
         Returns:
             Sorted keys. The store's own bookkeeping (checksums, temp files) is never listed.

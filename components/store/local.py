@@ -334,8 +334,17 @@ class LocalStore(ObjectStore):
             raise self._not_found(key, uri)
         return ObjectInfo(key=key, size=st.st_size, sha256=self._read_sidecar(key) or "", uri=uri)
 
-    def list(self, prefix: str = "", recursive: bool = True) -> list[str]:
+    def list(
+        self, prefix: str = "", recursive: bool = True, start_after: str | None = None
+    ) -> list[str]:
         """List keys under ``prefix``, sorted; ``.meta/`` and ``.tmp/`` are never listed."""
+        keys = self._list(prefix, recursive)
+        if start_after is None:
+            return keys
+        # keys are text; S3 compares their UTF-8 bytes, which orders as the code points do
+        return [k for k in keys if k > start_after]
+
+    def _list(self, prefix: str, recursive: bool) -> list[str]:
         validate_prefix(prefix)
         directory = prefix.rpartition("/")[0]
         start = self.root.joinpath(*directory.split("/")) if directory else self.root

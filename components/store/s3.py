@@ -484,7 +484,9 @@ class S3Store(ObjectStore):
             key=key, size=obj.size or 0, sha256=headers.get(SHA256_HEADER, "") or "", uri=uri
         )
 
-    def list(self, prefix: str = "", recursive: bool = True) -> list[str]:
+    def list(
+        self, prefix: str = "", recursive: bool = True, start_after: str | None = None
+    ) -> list[str]:
         """List keys under ``prefix`` (a missing bucket lists as empty)."""
         validate_prefix(prefix)
         root = f"{self.prefix}/" if self.prefix else ""
@@ -492,7 +494,10 @@ class S3Store(ObjectStore):
 
         def names() -> list[str]:
             objects = self.client.list_objects(
-                self.bucket, prefix=full or None, recursive=recursive
+                self.bucket,
+                prefix=full or None,
+                recursive=recursive,
+                start_after=None if start_after is None else root + start_after,
             )
             return [obj.object_name or "" for obj in objects]
 
