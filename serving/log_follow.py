@@ -72,6 +72,8 @@ LABEL_OUTCOMES = ("changed", "unchanged", "not_found", "unplaced")
 MAX_INTERVAL = 3_600.0
 MAX_WARNINGS = 5
 """Batches (and label files) left out that are named one by one in the log, per read."""
+LIST_MARGIN = timedelta(hours=1)
+"""How far before the newest batch read in a partition the next poll lists from."""
 MAX_ATTEMPTS = 12
 """Reads of a batch the store fails to give (not when it is down) before it is left out."""
 
@@ -114,6 +116,22 @@ class Logged:
     unplaced: int = 0
 
 
+def _earlier(key: str, partition: str, margin: timedelta) -> str | None:
+    """A cursor ``margin`` before the time in a batch's name (``HHMMSSffffff-<id>.parquet``);
+    None (list the whole partition) for a name of another form or a time before midnight."""
+    stamp = key[len(partition) :][:12]
+    try:
+        at = datetime.strptime(stamp, "%H%M%S%f")
+    except ValueError:
+        return None
+    since_midnight = timedelta(
+        hours=at.hour, minutes=at.minute, seconds=at.second, microseconds=at.microsecond
+    )
+    if since_midnight < margin:
+        return None
+    return f"{partition}{datetime.min + (since_midnight - margin):%H%M%S%f}"
+
+
 def label_columns(
     labels: pd.DataFrame,
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
@@ -149,6 +167,8 @@ class LogFollower:
         self.after = after
         self.seen: set[str] = set()
         self.attempts: dict[str, int] = {}
+        self.cursors: dict[str, str] = {}
+        """Per date partition: list only the keys after this one (see :meth:`_advance`)."""
         self.label_error: str | None = None
         """Why the label files cannot be listed (None: they can)."""
 
@@ -166,39 +186,66 @@ class LogFollower:
         """The other versions' transactions in batches not read before.
 
         Lists the date partitions of today and yesterday only (a batch written just after
-        midnight may still hold yesterday's records).
+        midnight may still hold yesterday's records), each from a cursor: the batches named up
+        to :data:`LIST_MARGIN` before the newest one read there (see :meth:`_advance`).
 
         Raises:
             StoreError: the store cannot be listed, or is unavailable; no batch counts as read,
                 the next poll reads them.
         """
-        batches, labels = self._recent_keys(now)
-        self.seen.intersection_update(batches + labels)  # older partitions: never listed again
-        return self._read(
+        listed, labels = self._recent_keys(now)
+        batches = [k for keys in listed.values() for k in keys]
+        # keys no longer listed (older partitions, before a cursor) are never listed again
+        self.seen.intersection_update(batches + labels)
+        logged = self._read(
             [k for k in batches if k not in self.seen], [k for k in labels if k not in self.seen]
         )
+        self._advance(listed)
+        return logged
 
     def skip_existing(self, now: datetime | None = None) -> None:
         """Count the batches and label files already written as read (a server that does not
         replay)."""
-        for keys in self._recent_keys(now):
-            self.seen.update(keys)
+        listed, labels = self._recent_keys(now)
+        self.seen.update(labels, *listed.values())
+        self._advance(listed)
 
-    def _recent_keys(self, now: datetime | None) -> tuple[list[str], list[str]]:
-        """The other versions' batches and the label files of today and yesterday."""
+    def _recent_keys(self, now: datetime | None) -> tuple[dict[str, list[str]], list[str]]:
+        """The other versions' batches (per date partition, from its cursor) and the label
+        files of today and yesterday."""
         now = now or datetime.now(UTC)
         days = [f"{d:%Y-%m-%d}" for d in (now - timedelta(days=1), now)]
         labels = self._label_keys(days=days)
         root = f"{PREFIX}/{self.model}/"
-        keys = []
+        listed: dict[str, list[str]] = {}
         for folder in self.store.list(root, recursive=False):
             if not folder.endswith("/") or folder == f"{root}{self.version}/":
                 continue
             for day in days:
-                keys += [
-                    k for k in self.store.list(f"{folder}date={day}/") if k.endswith(".parquet")
-                ]
-        return keys, labels
+                partition = f"{folder}date={day}/"
+                keys = self.store.list(partition, start_after=self.cursors.get(partition))
+                listed[partition] = [k for k in keys if k.endswith(".parquet")]
+        return listed, labels
+
+    def _advance(self, listed: dict[str, list[str]]) -> None:
+        """Move each partition's cursor to :data:`LIST_MARGIN` before its newest batch read,
+        or before its oldest batch still to be tried again, never backwards.
+
+        Batches are named by the time of their first record, so a writer's batches list in
+        the order it wrote them; the margin still finds a batch named earlier than one
+        already read (records a writer held for a while, or another writer's clock).
+        """
+        cursors = {}
+        for partition, keys in listed.items():
+            cursor = self.cursors.get(partition)
+            if keys:
+                pending = [k for k in keys if k not in self.seen]
+                anchor = min(pending) if pending else max(keys)
+                earlier = _earlier(anchor, partition, LIST_MARGIN)
+                cursor = earlier if cursor is None or earlier is None else max(cursor, earlier)
+            if cursor is not None:
+                cursors[partition] = cursor
+        self.cursors = cursors  # partitions no longer listed (yesterday's) are dropped
 
     def _label_keys(self, **where: Any) -> list[str]:
         """The label files (:func:`label_file_keys`); none while they cannot be listed (e.g.

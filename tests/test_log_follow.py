@@ -91,6 +91,50 @@ def test_a_poll_reads_each_batch_of_the_other_versions_once(tmp_path):
     assert sorted(replayed.rows["transaction_id"]) == ["a", "b", "c", "d", "old", "own-1"]
 
 
+class _CountingLister(LocalStore):
+    """A local store that remembers how many keys each listing of a partition returned."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.returned: list[int] = []
+
+    def list(self, prefix: str = "", recursive: bool = True, start_after=None) -> list[str]:
+        keys = super().list(prefix, recursive, start_after)
+        if "date=" in prefix:
+            self.returned.append(len(keys))
+        return keys
+
+
+def test_a_poll_lists_a_partition_from_an_hour_before_the_newest_batch_read(tmp_path):
+    """On S3 a partition holds up to 17,280 batches a day: a poll lists only the recent ones.
+    A batch named (by its first record) up to an hour before the newest one read is found;
+    one held back longer is not, a documented limit."""
+    store = _CountingLister(tmp_path)
+    follower = LogFollower(store, "fraud", "v1", SNAPSHOT_END)
+    day = NOW.replace(hour=0)
+    for hour in (9, 10, 12):
+        _batch(store, "v2", [f"h{hour}"], day.replace(hour=hour))
+    assert sorted(follower.poll(NOW).rows["transaction_id"]) == ["h10", "h12", "h9"]
+    _batch(store, "v2", ["late"], day.replace(hour=11, minute=30))  # within the hour
+    _batch(store, "v2", ["too-late"], day.replace(hour=10, minute=59))  # before it
+    store.returned.clear()
+    assert follower.poll(NOW).rows["transaction_id"].tolist() == ["late"]
+    assert max(store.returned) == 2  # "late" and the 12:00 batch, not all five
+    assert follower.poll(NOW).batches == 0  # nothing read twice
+
+
+def test_a_batch_still_to_be_tried_again_holds_its_partitions_cursor(tmp_path):
+    store = _Refusing(tmp_path, {})
+    day = NOW.replace(hour=0)
+    refused = _batch(store, "v2", ["early"], day.replace(hour=9))
+    _batch(store, "v2", ["late"], day.replace(hour=12))
+    store.refusals[refused] = 2
+    follower = LogFollower(store, "fraud", "v1", SNAPSHOT_END)
+    assert follower.poll(NOW).rows["transaction_id"].tolist() == ["late"]
+    assert follower.poll(NOW).batches == 0  # refused again
+    assert follower.poll(NOW).rows["transaction_id"].tolist() == ["early"]
+
+
 def test_a_batch_that_cannot_be_read_is_left_out_once_and_the_others_are_read(tmp_path):
     store = LocalStore(tmp_path)
     follower = LogFollower(store, "fraud", "v1", None)
