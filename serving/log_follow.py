@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.inference_log import PREFIX, TX, batch_keys
+from components.label_files import PREFIX as LABEL_PREFIX
 from components.label_files import label_file_keys
 from components.store import (
     ChecksumMismatchError,
@@ -195,8 +196,12 @@ class LogFollower:
         """
         listed, labels = self._recent_keys(now)
         batches = [k for keys in listed.values() for k in keys]
-        # keys no longer listed (older partitions, before a cursor) are never listed again
-        self.seen.intersection_update(batches + labels)
+        # keys no longer listed (older partitions, before a cursor) are never listed again;
+        # label files read before stay read while they cannot be listed
+        kept = labels
+        if self.label_error is not None:
+            kept = [k for k in self.seen if k.startswith(f"{LABEL_PREFIX}/{self.model}/")]
+        self.seen.intersection_update(batches + kept)
         logged = self._read(
             [k for k in batches if k not in self.seen], [k for k in labels if k not in self.seen]
         )
@@ -297,7 +302,10 @@ class LogFollower:
             rows[name] = rows[name].astype(str)
         if self.after is not None:
             rows = rows[rows["timestamp"] > self.after]
-        rows = rows.drop_duplicates("transaction_id").sort_values("timestamp", kind="stable")
+        # one transaction logged twice (two versions scored it, or a client retried); the same
+        # id at another time or for another customer is another transaction
+        rows = rows.drop_duplicates(["transaction_id", "customer_id", "timestamp"])
+        rows = rows.sort_values("timestamp", kind="stable")
         return Logged(
             rows.reset_index(drop=True),
             read,

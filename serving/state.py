@@ -158,9 +158,16 @@ class _Table:
         return EntityRows(group, np.frombuffer(times, np.int64), np.frombuffer(values, np.float64))
 
     def add(
-        self, entity: str, time: int, value: float, floor_ms: int, id_hash: int = NO_ID
+        self,
+        entity: str,
+        time: int,
+        value: float,
+        floor_ms: int,
+        id_hash: int = NO_ID,
+        once: bool = True,
     ) -> bool:
-        """Add a row, unless its transaction is a row there already; True when added."""
+        """Add a row, unless ``once`` and its transaction is a row there already; True when
+        added."""
         s = self.series.get(entity)
         if s is None:
             s = self.series[entity] = _Series()
@@ -168,7 +175,7 @@ class _Table:
             s.time.append(time)
             s.value.append(value)
             s.ids.append(id_hash)
-        elif s.holds(time, id_hash):  # a retried transaction: counted once
+        elif once and s.holds(time, id_hash):  # a retried transaction: counted once
             return False
         else:  # a late arrival, or another row at the same instant: keep the rows sorted
             i = bisect_right(s.time, time)
@@ -187,16 +194,20 @@ class _Table:
         values: list[float],
         floor_ms: int,
         id_hashes: list[int],
-    ) -> int:
+        once: bool = True,
+    ) -> list[int]:
         """:meth:`add` for each row; an entity's next row (the common case) is added inline.
 
         Returns:
-            How many rows were not added: their transaction was a row already.
+            The positions of the rows not added (``once``: their transaction was a row).
         """
         get = self.series.get
         keep_from = floor_ms - self.slack_ms
-        added = held = 0
-        for entity, time, value, id_hash in zip(ids, times, values, id_hashes, strict=True):
+        added = 0
+        held: list[int] = []
+        for at, (entity, time, value, id_hash) in enumerate(
+            zip(ids, times, values, id_hashes, strict=True)
+        ):
             s = get(entity)
             # a series is never empty; appending at its end leaves nothing to cut
             if s is not None and time > s.time[-1] and s.time[0] >= keep_from:
@@ -204,21 +215,22 @@ class _Table:
                 s.value.append(value)
                 s.ids.append(id_hash)
                 added += 1
-            elif not self.add(entity, time, value, floor_ms, id_hash):
-                held += 1
+            elif not self.add(entity, time, value, floor_ms, id_hash, once):
+                held.append(at)
         self.rows += added
         return held
 
     def extend_sorted(
         self, entity: str, time: np.ndarray, value: np.ndarray, id_hash: np.ndarray
     ) -> None:
-        """Bulk-add rows sorted by time, all after the entity's last row (seeding)."""
+        """Bulk-add rows sorted by time, all after the entity's last row (seeding; the frame's
+        rows are distinct transactions, so none is taken for a retry)."""
         s = self.series.get(entity)
         if s is None:
             s = self.series[entity] = _Series()
         elif s.time and time[0] <= s.time[-1]:
             for t, v, h in zip(time.tolist(), value.tolist(), id_hash.tolist(), strict=True):
-                self.add(entity, t, v, -(2**62), h)
+                self.add(entity, t, v, -(2**62), h, once=False)
             return
         s.time.frombytes(np.ascontiguousarray(time, np.int64).tobytes())
         s.value.frombytes(np.ascontiguousarray(value, np.float64).tobytes())
@@ -330,12 +342,18 @@ class InMemoryOnlineState:
         hashes = id_hashes(transaction_ids, n)
         self.watermark_ms = max(self.watermark_ms, max(times))
         floor = self.floor_ms
-        # each table finds a retried transaction on its own: its rows went in together
+        # the customer's rows tell a retry (same id, customer and time); its terminal row is
+        # then left out too, whatever terminal it names
         held = self.customers.add_many(customer_ids, times, amounts, floor, hashes)
-        self.terminals.add_many(terminal_ids, times, labels, floor, hashes)
+        terminals = terminal_ids
+        if held:
+            keep = sorted(set(range(n)).difference(held))
+            terminals = [terminal_ids[i] for i in keep]
+            times, labels, hashes = ([c[i] for i in keep] for c in (times, labels, hashes))
+        self.terminals.add_many(terminals, times, labels, floor, hashes, once=False)
         self.customers.prune(floor, self.sweep_per_append)
         self.terminals.prune(floor, self.sweep_per_append)
-        return held
+        return len(held)
 
     def set_labels(
         self,

@@ -135,6 +135,29 @@ def test_a_batch_still_to_be_tried_again_holds_its_partitions_cursor(tmp_path):
     assert follower.poll(NOW).rows["transaction_id"].tolist() == ["early"]
 
 
+def test_one_transaction_logged_twice_is_read_once_and_a_reused_id_is_not_one(tmp_path):
+    store = LocalStore(tmp_path)
+    at = "2026-06-01T10:00:00Z"
+    records = [
+        make_record(
+            model="fraud",
+            version="v2",
+            transaction={"transaction_id": "tx-1", "timestamp": stamp, "customer_id": customer,
+                         "terminal_id": "t-1", "amount": 5.0},
+            score=0.1,
+            decision="pass",
+            time=NOW,
+        )
+        for stamp, customer in ((at, "A"), (at, "A"), ("2026-06-01T10:05:00Z", "A"), (at, "B"))
+    ]  # fmt: skip
+    write_batch(store, records)
+    for logged in (
+        LogFollower(store, "fraud", "v1", SNAPSHOT_END).poll(NOW),
+        LogFollower(store, "fraud", "v1", SNAPSHOT_END).replay(NOW - timedelta(days=1)),
+    ):
+        assert len(logged.rows) == 3
+
+
 def test_a_batch_that_cannot_be_read_is_left_out_once_and_the_others_are_read(tmp_path):
     store = LocalStore(tmp_path)
     follower = LogFollower(store, "fraud", "v1", None)
@@ -494,8 +517,10 @@ def test_a_store_down_in_the_middle_of_a_poll_loses_neither_batches_nor_labels(t
 class _NoLabelsAccess(LocalStore):
     """A store whose credentials may not list labels/ (an S3 policy without that prefix)."""
 
+    allowed = False
+
     def list(self, prefix: str = "", recursive: bool = True, start_after=None) -> list[str]:
-        if prefix.startswith("labels/"):
+        if prefix.startswith("labels/") and not self.allowed:
             raise StorePermissionError(f"s3://fraudops/{prefix}: AccessDenied")
         return super().list(prefix, recursive, start_after)
 
@@ -512,6 +537,19 @@ def test_label_files_that_cannot_be_listed_do_not_stop_the_transactions(tmp_path
     assert warned >= 1
     follower.poll(NOW)
     assert caplog.text.count("cannot list the label files") == warned  # not at every poll
+
+
+def test_label_files_read_before_a_failed_listing_are_not_read_again(tmp_path):
+    store = _NoLabelsAccess(tmp_path)
+    store.allowed = True
+    row = {"transaction_id": "a", "is_fraud": 1, "terminal_id": "t-1", "timestamp": NOW}
+    _label_file(store, [row], NOW)
+    follower = LogFollower(store, "fraud", "v1", SNAPSHOT_END)
+    assert follower.poll(NOW).label_files == 1
+    store.allowed = False
+    assert follower.poll(NOW).label_files == 0
+    store.allowed = True
+    assert follower.poll(NOW).label_files == 0
 
 
 def _labels_total(registry: CollectorRegistry, outcome: str) -> float | None:

@@ -440,6 +440,22 @@ def test_a_retried_transaction_counts_once_in_the_state():
     assert history.terminals.time_ms.tolist() == [1_000, 2_000, 2_000, 2_000, 3_000]
 
 
+def test_a_retry_is_told_by_its_customer_and_leaves_out_its_terminal_row_too():
+    """The same id and time for two customers at one terminal: two transactions, two terminal
+    rows. The same id, customer and time naming another terminal: a retry, no row at all."""
+    state = InMemoryOnlineState(31)
+
+    def add(customer: str, terminal: str) -> int:
+        return state.append([customer], [terminal], np.array([7]), np.ones(1), None, ["same"])
+
+    assert add("c1", "t1") == 0
+    assert add("c2", "t1") == 0
+    assert state.stats()["terminal_rows"] == 2
+    assert add("c1", "t9") == 1
+    assert state.stats()["terminal_rows"] == 2 and "t9" not in state.terminals.series
+    assert state.stats()["customer_rows"] == 2
+
+
 def test_a_late_label_with_its_transaction_id_marks_that_transactions_row():
     state = InMemoryOnlineState(31)
     state.append(["c1", "c2"], ["t1", "t1"], np.array([5, 5]), np.ones(2), None, ["x", "y"])
