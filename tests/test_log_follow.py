@@ -336,16 +336,22 @@ def _server(store, version: str, follow: float) -> tuple[FraudDetector, Collecto
     return detector, registry
 
 
+def _traffic(bundle, n: int, seed: int, history: int) -> tuple[list[dict], np.ndarray]:
+    """``n`` new transactions as V1 instances, and the batch scores of those after the first
+    ``history`` (batch scoring over the snapshot and all of them)."""
+    spec, model = bundle.spec(), bundle.model()
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    new = later_transactions(n, seed=seed)
+    expected = model.predict(compute_features(new, spec, history=snapshot))[history:]
+    return [instance(r) for r in new.to_dict("records")], expected
+
+
 def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):
     """Stable v1 and canary v2 split the traffic; the canary then scores as batch scoring over
     all of it does, and a canary that does not follow the log does not. The canary loads its
     bundle again halfway: it goes on following."""
     store = _two_versions(bundle, tmp_path)
-    spec, model = bundle.spec(), bundle.model()
-    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
-    new = later_transactions(240, seed=11)
-    expected = model.predict(compute_features(new, spec, history=snapshot))[150:]
-    rows = [instance(r) for r in new.to_dict("records")]
+    rows, expected = _traffic(bundle, 240, seed=11, history=150)
 
     (stable, _), (canary, followed), (alone, _) = (
         _server(store, "v1", 0.1),
@@ -379,11 +385,7 @@ def test_a_transaction_both_versions_scored_counts_once_in_each_state(bundle, tm
     state then holds it from its own request and from the other's log, and counts it once.
     The same request again on one server gets the same score and changes nothing."""
     store = _two_versions(bundle, tmp_path)
-    spec, model = bundle.spec(), bundle.model()
-    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
-    new = later_transactions(200, seed=14)
-    expected = model.predict(compute_features(new, spec, history=snapshot))[120:]
-    rows = [instance(r) for r in new.to_dict("records")]
+    rows, expected = _traffic(bundle, 200, seed=14, history=120)
     (stable, on_stable), (canary, on_canary) = _server(store, "v1", 0.1), _server(store, "v2", 0.1)
     repeated = {"model": "fraud"}
     try:

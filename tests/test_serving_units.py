@@ -321,6 +321,25 @@ def test_online_features_equal_batch_features_one_by_one_and_in_batches(bundle):
         np.testing.assert_allclose(np.vstack(got), expected, rtol=1e-6, equal_nan=True)
 
 
+def _snapshot_five_days_before_the_end(tmp_path_factory) -> tuple:
+    """The shared model's data cut 5 days (less than the label delay) before its end: the
+    cut, the transactions up to it, and the next 600."""
+    data = shared_model(tmp_path_factory).data.sort_values("timestamp", kind="stable")
+    cut = data["timestamp"].max() - pd.Timedelta(days=5)
+    return cut, data[data["timestamp"] <= cut], data[data["timestamp"] > cut].head(600)
+
+
+def _served(state: InMemoryOnlineState, spec, names: list[str], new: pd.DataFrame) -> np.ndarray:
+    """The online features of ``new`` in requests of 50, each added to ``state`` once scored."""
+    online, got = OnlineFeatures(spec, names), []
+    instances = [instance(r) for r in new.to_dict("records")]
+    for k in range(0, len(instances), 50):
+        batch = from_instances({"instances": instances[k : k + 50]}, TransactionSchema())
+        got.append(online.compute(batch, state))
+        state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
+    return np.vstack(got)
+
+
 def test_online_features_equal_the_features_training_sees(tmp_path_factory, bundle):
     """No training/serving skew: served from a snapshot taken at time T, the next days get the
     features that training computes over the whole history, where every transaction older than
@@ -328,9 +347,7 @@ def test_online_features_equal_the_features_training_sees(tmp_path_factory, bund
     from components.steps.register import _snapshot
 
     spec, model = bundle.spec(), bundle.model()
-    data = shared_model(tmp_path_factory).data.sort_values("timestamp", kind="stable")
-    cut = data["timestamp"].max() - pd.Timedelta(days=5)  # less than the label delay
-    past, new = data[data["timestamp"] <= cut], data[data["timestamp"] > cut].head(600)
+    cut, past, new = _snapshot_five_days_before_the_end(tmp_path_factory)
     assert spec.label_delay_days > 5 and len(new) == 600
     # genuine transactions are confirmed weeks later: most labels are not known at T
     assert (past["label_known_at"] > cut).mean() > 0.3
@@ -341,13 +358,8 @@ def test_online_features_equal_the_features_training_sees(tmp_path_factory, bund
 
     state = InMemoryOnlineState(spec.history_days + 1)
     state.load_frame(_snapshot(past, spec))
-    online, got = OnlineFeatures(spec, model.feature_names), []
-    instances = [instance(r) for r in new.to_dict("records")]
-    for k in range(0, len(instances), 50):
-        batch = from_instances({"instances": instances[k : k + 50]}, TransactionSchema())
-        got.append(online.compute(batch, state))
-        state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
-    np.testing.assert_allclose(np.vstack(got), expected, rtol=1e-5, atol=1e-6)
+    got = _served(state, spec, model.feature_names, new)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def _ms(timestamps: pd.Series) -> np.ndarray:
@@ -363,9 +375,7 @@ def test_late_labels_give_the_online_features_training_computes_with_every_label
     from components.steps.register import _snapshot
 
     spec, model = bundle.spec(), bundle.model()
-    data = shared_model(tmp_path_factory).data.sort_values("timestamp", kind="stable")
-    cut = data["timestamp"].max() - pd.Timedelta(days=5)
-    past, new = data[data["timestamp"] <= cut], data[data["timestamp"] > cut].head(600)
+    cut, past, new = _snapshot_five_days_before_the_end(tmp_path_factory)
     expected = compute_features(pd.concat([past, new]), spec)[model.feature_names].to_numpy()
     expected = expected[len(past) :]
     late = past[(past["label_known_at"] > cut) & (past["is_fraud"] == 1)]
@@ -384,13 +394,7 @@ def test_late_labels_give_the_online_features_training_computes_with_every_label
             assert (done.changed, done.unchanged, done.not_found) == (
                 len(kept), 0, len(late) - len(kept)
             )  # fmt: skip
-        online, rows = OnlineFeatures(spec, model.feature_names), []
-        instances = [instance(r) for r in new.to_dict("records")]
-        for k in range(0, len(instances), 50):
-            batch = from_instances({"instances": instances[k : k + 50]}, TransactionSchema())
-            rows.append(online.compute(batch, state))
-            state.append(batch.customer_id, batch.terminal_id, batch.time_ms, batch.amount)
-        got[labelled] = np.vstack(rows)
+        got[labelled] = _served(state, spec, model.feature_names, new)
     np.testing.assert_allclose(got[True], expected, rtol=1e-5, atol=1e-6)
     rates = [i for i, name in enumerate(model.feature_names) if "fraud_rate" in name]
     assert not np.allclose(got[False][:, rates], expected[:, rates], rtol=1e-5, atol=1e-6)
