@@ -79,7 +79,8 @@ def test_a_poll_reads_each_batch_of_the_other_versions_once(tmp_path):
     assert first.rows["timestamp"].is_monotonic_increasing
     assert str(first.rows["timestamp"].dt.tz) == "UTC"
     assert follower.poll(NOW).batches == 0  # nothing new, nothing read again
-    _batch(store, "v2", ["d", "d"], NOW)  # a duplicate id in one batch counts once
+    # one transaction logged twice in a batch counts once (same id, customer and time)
+    _batch(store, "v2", ["d", "d"], NOW, stamp="2026-06-01T11:00:00Z")
     _batch(store, "v2", ["e"], NOW, stamp="not a time")
     second = follower.poll(NOW)
     assert list(second.rows["transaction_id"]) == ["d"]
