@@ -13,12 +13,15 @@ still count for realised performance. Files written before those columns existed
 
 from __future__ import annotations
 
+import io
 import uuid
 from datetime import UTC, datetime
 
+import pandas as pd
+
 from components.store import ObjectStore
 
-__all__ = ["COLUMNS", "PREFIX", "label_file_key", "label_file_keys"]
+__all__ = ["COLUMNS", "PREFIX", "label_file_key", "label_file_keys", "read_label_file"]
 
 PREFIX = "labels"
 COLUMNS = ("transaction_id", "is_fraud", "label_time", "terminal_id", "timestamp")
@@ -52,3 +55,32 @@ def label_file_keys(
         keys = [key for day in days for key in store.list(f"{root}{day}/")]
     first = f"{root}{since:%Y-%m-%d}/" if since is not None else ""
     return sorted(key for key in keys if key.endswith(".parquet") and key >= first)
+
+
+def read_label_file(data: bytes) -> pd.DataFrame:
+    """A stored label file with every column of :data:`COLUMNS`: ids as text, ``is_fraud``
+    as a number (NaN where it is not one), times in UTC. A file written before labels carried
+    their transaction's terminal and time gives them as unknown.
+
+    Raises:
+        ValueError: not Parquet (pyarrow's errors are ValueErrors or OSErrors), or without
+            ``transaction_id`` or ``is_fraud``: not a label file.
+    """
+    frame = pd.read_parquet(io.BytesIO(data))
+    missing = [c for c in ("transaction_id", "is_fraud") if c not in frame]
+    if missing:
+        raise ValueError(f"no column {', '.join(missing)}; columns are {list(frame.columns)}")
+
+    def times(name: str) -> pd.Series:
+        column = frame.get(name, pd.Series(None, frame.index, dtype=object))
+        return pd.to_datetime(column, utc=True, format="ISO8601", errors="coerce")
+
+    return pd.DataFrame(
+        {
+            "transaction_id": frame["transaction_id"].astype(str),
+            "is_fraud": pd.to_numeric(frame["is_fraud"], errors="coerce"),
+            "label_time": times("label_time"),
+            "terminal_id": frame.get("terminal_id", pd.Series(None, frame.index, dtype=object)),
+            "timestamp": times("timestamp"),
+        }
+    )

@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score
 
 from components.inference_log import read_frame
-from components.label_files import PREFIX, label_file_key, label_file_keys
+from components.label_files import PREFIX, label_file_key, label_file_keys, read_label_file
 from components.store import ObjectStore
 
 __all__ = ["LabelIngest", "PerformanceFloor", "daily_performance", "ingest_labels", "load_labels"]
@@ -162,21 +162,16 @@ def place_labels(labels: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
 def load_labels(store: ObjectStore, model: str) -> pd.DataFrame:
     """Every label ingested so far for ``model`` (latest per transaction).
 
-    A file under ``labels/<model>/`` that is not a label file (not Parquet, no
-    ``transaction_id`` or ``is_fraud``) is left out with a warning: it must not stop every
-    later ingestion.
+    A file under ``labels/<model>/`` that is not a label file (see :func:`read_label_file`)
+    is left out with a warning: it must not stop every later ingestion.
     """
     parts = []
     for key in label_file_keys(store, model):
         data = store.get_bytes(key)
         try:
-            part = pd.read_parquet(io.BytesIO(data))
-            if not {"transaction_id", "is_fraud"} <= set(part.columns):
-                raise ValueError(f"columns {list(part.columns)}")
+            parts.append(read_label_file(data))
         except (ValueError, OSError) as e:  # pyarrow's errors are ValueErrors or OSErrors
             log.warning("%s is not a label file (%s); left out", key, e)
-            continue
-        parts.append(part)
     if not parts:
         return pd.DataFrame(columns=["transaction_id", "is_fraud", "label_time"])
     return pd.concat(parts, ignore_index=True).drop_duplicates("transaction_id", keep="last")

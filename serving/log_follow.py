@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from components.inference_log import PREFIX, TX, batch_keys
 from components.label_files import PREFIX as LABEL_PREFIX
-from components.label_files import label_file_keys
+from components.label_files import label_file_keys, read_label_file
 from components.store import (
     ChecksumMismatchError,
     ObjectNotFoundError,
@@ -394,26 +394,8 @@ class LogFollower:
         return frame
 
     def _label_file(self, key: str) -> pd.DataFrame:
-        """One label file's labels; a file written before labels carried their transaction's
-        terminal and time gives them as unknown."""
-        frame = pd.read_parquet(io.BytesIO(self.store.get_bytes(key)))
-        missing = [c for c in ("transaction_id", "is_fraud") if c not in frame]
-        if missing:
-            raise ValueError(f"no column {', '.join(missing)}")
-        out = pd.DataFrame(
-            {
-                "transaction_id": frame["transaction_id"].astype(str),
-                "terminal_id": frame.get("terminal_id", pd.Series(None, frame.index)),
-                "timestamp": pd.to_datetime(
-                    frame.get("timestamp", pd.Series(None, frame.index, dtype=object)),
-                    utc=True,
-                    format="ISO8601",
-                    errors="coerce",
-                ),
-                "is_fraud": pd.to_numeric(frame["is_fraud"], errors="coerce"),
-            }
-        )
-        return out
+        """One label file's labels (:func:`read_label_file`)."""
+        return read_label_file(self.store.get_bytes(key))[list(LABEL_COLUMNS)]
 
 
 class FollowLoop:
