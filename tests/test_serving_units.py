@@ -11,6 +11,7 @@ import json
 import math
 import re
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -56,9 +57,10 @@ from serving.model import (
     pack_request,
     packed_columns,
 )
+from serving.redis_state import RedisOnlineState
 from serving.scorer import Scorer
 from serving.source import parse_model_uri
-from serving.state import InMemoryOnlineState
+from serving.state import InMemoryOnlineState, OnlineState
 from serving.transactions import TransactionSchema, from_instances, from_tensors
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -294,13 +296,50 @@ def test_any_v1_body_is_either_a_batch_or_a_client_error(payload):
 # -- online state and features --------------------------------------------------------------
 
 
-def _state(bundle: Bundle) -> InMemoryOnlineState:
-    state = InMemoryOnlineState(bundle.spec().history_days + 1)
-    state.load_frame(pd.read_parquet(bundle.folder / "online" / "snapshot.parquet"))
-    return state
+STATES = ["memory", "redis"]
+"""The online states every state test runs on: what one replica keeps in memory, and what
+several share in Redis (a real ``redis-server``) must give the same rows."""
 
 
-def test_online_features_equal_batch_features_one_by_one_and_in_batches(bundle):
+@pytest.fixture(params=STATES)
+def make_state(request):
+    """``make_state(retention_days, snapshot=None, sweep_per_append=8)``: a fresh online state
+    of the parametrised kind, seeded from ``snapshot``."""
+    if request.param == "memory":
+
+        def in_memory(retention_days, snapshot=None, sweep_per_append=8):
+            state = InMemoryOnlineState(retention_days, sweep_per_append)
+            if snapshot is not None:
+                state.load_frame(snapshot)
+            return state
+
+        yield in_memory
+        return
+    url = request.getfixturevalue("redis_url")
+    made = []
+
+    def in_redis(retention_days, snapshot=None, sweep_per_append=8):
+        state = RedisOnlineState(url, "units", uuid.uuid4().hex, retention_days, sweep_per_append)
+        state.seed(pd.DataFrame() if snapshot is None else snapshot)
+        made.append(state)
+        return state
+
+    yield in_redis
+    for state in made:
+        state._clear()
+        state.close()
+
+
+def _state(bundle: Bundle, make_state=None) -> OnlineState:
+    snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+    if make_state is None:
+        state = InMemoryOnlineState(bundle.spec().history_days + 1)
+        state.load_frame(snapshot)
+        return state
+    return make_state(bundle.spec().history_days + 1, snapshot)
+
+
+def test_online_features_equal_batch_features_one_by_one_and_in_batches(bundle, make_state):
     spec, model = bundle.spec(), bundle.model()
     snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
     new = later_transactions(400)
@@ -312,7 +351,7 @@ def test_online_features_equal_batch_features_one_by_one_and_in_batches(bundle):
     online = OnlineFeatures(spec, model.feature_names)
     instances = [instance(r) for r in new.to_dict("records")]
     for size in (1, 7, 100):
-        state = _state(bundle)
+        state = _state(bundle, make_state)
         got = []
         for k in range(0, len(instances), size):
             batch = from_instances({"instances": instances[k : k + size]}, TransactionSchema())
@@ -340,7 +379,7 @@ def _served(state: InMemoryOnlineState, spec, names: list[str], new: pd.DataFram
     return np.vstack(got)
 
 
-def test_online_features_equal_the_features_training_sees(tmp_path_factory, bundle):
+def test_online_features_equal_the_features_training_sees(tmp_path_factory, bundle, make_state):
     """No training/serving skew: served from a snapshot taken at time T, the next days get the
     features that training computes over the whole history, where every transaction older than
     the label delay counts as labelled. Only frauds reported after T cannot be known online."""
@@ -356,8 +395,7 @@ def test_online_features_equal_the_features_training_sees(tmp_path_factory, bund
     knowable.loc[reported_late, "is_fraud"] = 0
     expected = compute_features(knowable, spec)[model.feature_names].to_numpy()[len(past) :]
 
-    state = InMemoryOnlineState(spec.history_days + 1)
-    state.load_frame(_snapshot(past, spec))
+    state = make_state(spec.history_days + 1, _snapshot(past, spec))
     got = _served(state, spec, model.feature_names, new)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -367,7 +405,7 @@ def _ms(timestamps: pd.Series) -> np.ndarray:
 
 
 def test_late_labels_give_the_online_features_training_computes_with_every_label(
-    tmp_path_factory, bundle
+    tmp_path_factory, bundle, make_state
 ):
     """Label feedback closes the gap the test above allows: with the frauds reported after the
     snapshot put on the state, the next days get the features training computes over the true
@@ -384,8 +422,7 @@ def test_late_labels_give_the_online_features_training_computes_with_every_label
 
     got = {}
     for labelled in (True, False):
-        state = InMemoryOnlineState(spec.history_days + 1)
-        state.load_frame(_snapshot(past, spec))
+        state = make_state(spec.history_days + 1, _snapshot(past, spec))
         if labelled:
             done = state.set_labels(
                 late["terminal_id"].astype(str).tolist(), _ms(late["timestamp"]), np.ones(len(late))
@@ -400,8 +437,8 @@ def test_late_labels_give_the_online_features_training_computes_with_every_label
     assert not np.allclose(got[False][:, rates], expected[:, rates], rtol=1e-5, atol=1e-6)
 
 
-def test_a_late_label_marks_one_transaction_once_and_a_later_one_wins():
-    state = InMemoryOnlineState(31)
+def test_a_late_label_marks_one_transaction_once_and_a_later_one_wins(make_state):
+    state = make_state(31)
     state.append(
         ["c1", "c2", "c3"], ["t1", "t1", "t1"], np.array([1_000, 2_000, 2_000]), np.ones(3)
     )
@@ -423,9 +460,9 @@ def test_a_late_label_marks_one_transaction_once_and_a_later_one_wins():
     assert terminal_labels() == [0, 1, 0]
 
 
-def test_a_retried_transaction_counts_once_in_the_state():
+def test_a_retried_transaction_counts_once_in_the_state(make_state):
     """Same id, customer and time: held already (a retry, or scored by two versions)."""
-    state = InMemoryOnlineState(31)
+    state = make_state(31)
 
     def add(customer: str, time_ms: int, tx: str | None) -> int:
         ids = None if tx is None else [tx]
@@ -444,10 +481,10 @@ def test_a_retried_transaction_counts_once_in_the_state():
     assert history.terminals.time_ms.tolist() == [1_000, 2_000, 2_000, 2_000, 3_000]
 
 
-def test_a_retry_is_told_by_its_customer_and_leaves_out_its_terminal_row_too():
+def test_a_retry_is_told_by_its_customer_and_leaves_out_its_terminal_row_too(make_state):
     """The same id and time for two customers at one terminal: two transactions, two terminal
     rows. The same id, customer and time naming another terminal: a retry, no row at all."""
-    state = InMemoryOnlineState(31)
+    state = make_state(31)
 
     def add(customer: str, terminal: str) -> int:
         return state.append([customer], [terminal], np.array([7]), np.ones(1), None, ["same"])
@@ -456,12 +493,12 @@ def test_a_retry_is_told_by_its_customer_and_leaves_out_its_terminal_row_too():
     assert add("c2", "t1") == 0
     assert state.stats()["terminal_rows"] == 2
     assert add("c1", "t9") == 1
-    assert state.stats()["terminal_rows"] == 2 and "t9" not in state.terminals.series
+    assert state.stats()["terminal_rows"] == 2 and len(state.history_for([], ["t9"]).terminals) == 0
     assert state.stats()["customer_rows"] == 2
 
 
-def test_a_late_label_with_its_transaction_id_marks_that_transactions_row():
-    state = InMemoryOnlineState(31)
+def test_a_late_label_with_its_transaction_id_marks_that_transactions_row(make_state):
+    state = make_state(31)
     state.append(["c1", "c2"], ["t1", "t1"], np.array([5, 5]), np.ones(2), None, ["x", "y"])
 
     def label(tx: str, value: int) -> tuple[int, int, int]:
@@ -673,8 +710,8 @@ def test_a_block_that_cannot_be_written_falls_back_to_records(bundle, tmp_path):
     assert len(read_records(LocalStore(tmp_path), "fraud")) == 4
 
 
-def test_state_memory_is_bounded_by_the_retention_window():
-    state = InMemoryOnlineState(retention_days=2, sweep_per_append=50)
+def test_state_memory_is_bounded_by_the_retention_window(make_state):
+    state = make_state(2, sweep_per_append=50)
     day = 86_400_000
     for d in range(10):  # 10 days, a new customer per day plus one regular
         state.append([f"c{d}", "regular"], ["t", "t"], np.array([d * day, d * day + 1]), np.ones(2))
@@ -687,21 +724,24 @@ def test_state_memory_is_bounded_by_the_retention_window():
     assert (np.diff(state.history_for(["regular"], []).customers.time_ms) >= 0).all()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     batches=st.lists(
         st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 5 * 86_400_000)), max_size=9),
         max_size=8,
     )
 )
-def test_state_keeps_every_recent_row_sorted_and_counts_them(batches):
-    state = InMemoryOnlineState(retention_days=2, sweep_per_append=1)
+def test_state_keeps_every_recent_row_sorted_and_counts_them(make_state, batches):
+    state = make_state(2, sweep_per_append=1)
     seen: list[tuple[str, int]] = []
     for batch in batches:
         ids = [entity for entity, _ in batch]
         times = np.array([t for _, t in batch], dtype=np.int64)
         state.append(ids, ids, times, times.astype(float))
         seen += batch
+    floor = max((t for _, t in seen), default=0) - 2 * 86_400_000
     history = state.history_for(list("abcd"), list("abcd"))
     for rows, counted in (
         (history.customers, state.stats()["customer_rows"]),
@@ -711,8 +751,8 @@ def test_state_keeps_every_recent_row_sorted_and_counts_them(batches):
         for g, entity in enumerate("abcd"):
             got = rows.time_ms[rows.group == g]
             assert (np.diff(got) >= 0).all()
-            recent = sorted(t for e, t in seen if e == entity and t >= state.floor_ms)
-            assert [t for t in got.tolist() if t >= state.floor_ms] == recent
+            recent = sorted(t for e, t in seen if e == entity and t >= floor)
+            assert [t for t in got.tolist() if t >= floor] == recent
 
 
 # -- the model in-process -----------------------------------------------------------------

@@ -1,0 +1,561 @@
+"""The online state in Redis, shared by every replica of one model version.
+
+:class:`RedisOnlineState` is the :class:`~serving.state.OnlineState` of a model version served
+by several replicas: each scored transaction goes into Redis before the response leaves, so
+the next request, whichever replica takes it, sees it in its customer's and terminal's
+windows. It keeps the rows exactly as :class:`~serving.state.InMemoryOnlineState` does (a test
+runs the same operations on both and compares), so the features do not depend on the state
+behind them.
+
+Layout, under the prefix ``fraudops:{<model>/<version>}:`` (one hash tag: one slot of a Redis
+Cluster, so a script may touch every key of a version):
+
+- ``c:<customer_id>``, ``t:<terminal_id>``: the entity's rows sorted by time, 24 bytes each
+  (time in ms as a big-endian unsigned integer, the value as a little-endian double, and
+  8 bytes of BLAKE2b of the transaction id, zeros when not known). A request reads all its
+  entities with one ``MGET`` and numpy views the bytes without a loop over rows.
+- ``idx:c``, ``idx:t``: sorted sets, entity -> time of its newest row (the sweep of idle
+  entities); ``rows:c``, ``rows:t``: row counters (metrics); ``watermark``: the newest
+  transaction time seen.
+- ``seeded``: written last by the replica that seeded the version from the bundle's snapshot
+  (the others wait for it); ``seeding``: that replica's lock.
+
+Every change is one Lua script, atomic in Redis: two replicas that add the same transaction
+(a retry on each, or both following another version's log) add it once; a late label finds
+its row while other replicas append. A Redis that cannot be reached, or that lost the data
+(restarted without persistence: no ``seeded`` key), raises :class:`StateUnavailable`; the
+server answers 503 with the reason, never 500, and never scores on an empty history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis
+from redis.exceptions import RedisError, ResponseError
+
+from components.features.windows import MS_PER_DAY
+from components.schema import LABEL
+from serving.state import EntityRows, History, LabelsSet
+
+__all__ = ["ROW", "RedisOnlineState", "StateUnavailable", "id_digests", "namespace"]
+
+log = logging.getLogger("fraudops.serving")
+
+ROW = np.dtype([("time", ">u8"), ("value", "<f8"), ("id", "S8")])
+"""One row as stored: 24 bytes."""
+NO_ID = b"\0" * 8
+"""The id of a row whose transaction id is not known."""
+CHUNK = 1_000
+"""Rows per script or pipeline while seeding and replaying (a few ms of Redis each)."""
+SEED_LOCK_SECONDS = 600
+"""How long a seeding replica holds the lock (a replica that dies while seeding frees it)."""
+
+_LUA_COMMON = """
+local W = 24
+local NO_ID = string.rep('\\0', 8)
+local function t_at(v, i)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(v, i * W + 1, i * W + 8)
+  return ((((((b1 * 256 + b2) * 256 + b3) * 256 + b4) * 256 + b5) * 256 + b6) * 256 + b7)
+    * 256 + b8
+end
+local function first_at_or_after(v, n, t)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if t_at(v, mid) < t then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+local function first_after(v, n, t)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if t_at(v, mid) <= t then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+"""
+
+_APPEND = (
+    _LUA_COMMON
+    + """
+-- KEYS: watermark, idx:c, idx:t, rows:c, rows:t, seeded, then n customer and n terminal keys
+-- ARGV: retention_ms, slack_ms, sweep, n, prefix, then per row: time, customer row,
+--       terminal row, id
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  return redis.error_reply('NOTSEEDED the online state of this version is not seeded')
+end
+local retention, slack, sweep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n, prefix = tonumber(ARGV[4]), ARGV[5]
+local watermark = tonumber(redis.call('GET', KEYS[1]) or '0')
+for i = 1, n do
+  local t = tonumber(ARGV[5 + (i - 1) * 4 + 1])
+  if t > watermark then watermark = t end
+end
+redis.call('SET', KEYS[1], string.format('%.0f', watermark))
+local floor = watermark - retention
+local keep_from = floor - slack
+
+-- add one row to an entity; false when `once` and its transaction is a row there already
+local function add(key, idx, counter, entity, t, row, id, once)
+  local n_rows = redis.call('STRLEN', key) / W
+  if n_rows == 0 then
+    if t < keep_from then return true end  -- counted and cut at once, as in memory
+    redis.call('SET', key, row)
+    redis.call('ZADD', idx, t, entity)
+    redis.call('INCR', counter)
+    return true
+  end
+  local last = t_at(redis.call('GETRANGE', key, -W, -1), 0)
+  local first = t_at(redis.call('GETRANGE', key, 0, 7), 0)
+  if t > last and first >= keep_from then
+    redis.call('APPEND', key, row)
+    redis.call('ZADD', idx, 'GT', t, entity)
+    redis.call('INCR', counter)
+    return true
+  end
+  local v = redis.call('GET', key)
+  if t > last then
+    v = v .. row
+  else
+    if once and id ~= NO_ID then
+      for i = first_at_or_after(v, n_rows, t), first_after(v, n_rows, t) - 1 do
+        if string.sub(v, i * W + 17, i * W + 24) == id then return false end
+      end
+    end
+    local at = first_after(v, n_rows, t)
+    v = string.sub(v, 1, at * W) .. row .. string.sub(v, at * W + 1)
+  end
+  n_rows = n_rows + 1
+  redis.call('INCR', counter)
+  if t_at(v, 0) < keep_from then
+    local k = first_at_or_after(v, n_rows, floor)
+    redis.call('DECRBY', counter, k)
+    if k >= n_rows then
+      redis.call('DEL', key)
+      redis.call('ZREM', idx, entity)
+      return true
+    end
+    v = string.sub(v, k * W + 1)
+  end
+  redis.call('SET', key, v)
+  redis.call('ZADD', idx, 'GT', t, entity)
+  return true
+end
+
+local repeated = 0
+for i = 1, n do
+  local base = 5 + (i - 1) * 4
+  local t, id = tonumber(ARGV[base + 1]), ARGV[base + 4]
+  local customer, terminal = KEYS[6 + i], KEYS[6 + n + i]
+  local c_id = string.sub(customer, #prefix + 3)
+  if add(customer, KEYS[2], KEYS[4], c_id, t, ARGV[base + 2], id, true) then
+    add(terminal, KEYS[3], KEYS[5], string.sub(terminal, #prefix + 3), t, ARGV[base + 3], id,
+      false)
+  else
+    repeated = repeated + 1
+  end
+end
+
+-- idle entities: every row older than the floor
+for j, kind in ipairs({'c', 't'}) do
+  local idx, counter = KEYS[1 + j], KEYS[3 + j]
+  local stale = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. string.format('%.0f', floor),
+    'LIMIT', 0, sweep)
+  for _, entity in ipairs(stale) do
+    local key = prefix .. kind .. ':' .. entity
+    redis.call('DECRBY', counter, redis.call('STRLEN', key) / W)
+    redis.call('DEL', key)
+    redis.call('ZREM', idx, entity)
+  end
+end
+return repeated
+"""
+)
+
+_SET_LABELS = (
+    _LUA_COMMON
+    + """
+-- KEYS: seeded, then n terminal keys; ARGV: n, then per label: time, value (8 bytes), id
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOTSEEDED the online state of this version is not seeded')
+end
+local n = tonumber(ARGV[1])
+local changed, unchanged, not_found = 0, 0, 0
+for i = 1, n do
+  local key, t = KEYS[1 + i], tonumber(ARGV[2 + (i - 1) * 3])
+  local value, id = ARGV[3 + (i - 1) * 3], ARGV[4 + (i - 1) * 3]
+  local v = redis.call('GET', key)
+  local outcome = nil
+  if v then
+    local n_rows = #v / W
+    local s, e = first_at_or_after(v, n_rows, t), first_after(v, n_rows, t)
+    local candidates = {}
+    local own = nil
+    for r = s, e - 1 do
+      local rid = string.sub(v, r * W + 17, r * W + 24)
+      if id ~= NO_ID and rid == id and own == nil then own = r end
+      if id == NO_ID or rid == NO_ID then table.insert(candidates, r) end
+    end
+    if own ~= nil then candidates = {own} end
+    local target = nil
+    for _, r in ipairs(candidates) do
+      if string.sub(v, r * W + 9, r * W + 16) == value then outcome = 'unchanged' break end
+      if target == nil then target = r end
+    end
+    if outcome == nil and target ~= nil then
+      redis.call('SETRANGE', key, target * W + 8, value)
+      outcome = 'changed'
+    end
+  end
+  if outcome == 'changed' then changed = changed + 1
+  elseif outcome == 'unchanged' then unchanged = unchanged + 1
+  else not_found = not_found + 1 end
+end
+return {changed, unchanged, not_found}
+"""
+)
+
+
+class StateUnavailable(RuntimeError):
+    """The shared online state cannot be read or written now (the server answers 503)."""
+
+
+def namespace(model: str, version: str) -> str:
+    """The key prefix of one model version's state (one Redis Cluster hash slot)."""
+    return f"fraudops:{{{model}/{version}}}:"
+
+
+def id_digests(transaction_ids: Sequence[str] | None, n: int) -> list[bytes]:
+    """8 bytes of BLAKE2b per transaction id: the same in every replica (Python's ``hash``
+    is salted per process); :data:`NO_ID` for each when None."""
+    if transaction_ids is None:
+        return [NO_ID] * n
+    return [hashlib.blake2b(t.encode(), digest_size=8).digest() for t in transaction_ids]
+
+
+def _rows(time_ms: np.ndarray, value: np.ndarray, ids: list[bytes]) -> np.ndarray:
+    time_ms = np.asarray(time_ms, np.int64)
+    if len(time_ms) and time_ms.min() < 0:
+        raise ValueError("the online state keeps times from 1970 on (a negative time in ms)")
+    rows = np.empty(len(time_ms), ROW)
+    rows["time"] = time_ms
+    rows["value"] = np.asarray(value, np.float64)
+    rows["id"] = ids
+    return rows
+
+
+def _unavailable(e: Exception, url: str) -> StateUnavailable:
+    if isinstance(e, ResponseError) and str(e).startswith("NOTSEEDED"):
+        return StateUnavailable(
+            f"the online state in Redis at {url} has lost its data (was Redis restarted "
+            "without persistence?): restart the model's servers to seed it again from the "
+            "bundle's snapshot and the inference log"
+        )
+    return StateUnavailable(
+        f"the online state in Redis at {url} cannot be reached ({type(e).__name__}: {e}); "
+        "check that Redis is up and FRAUDOPS_STATE_REDIS_URL is right"
+    )
+
+
+class RedisOnlineState:
+    """An :class:`~serving.state.OnlineState` in Redis, one per model version.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS); from a Secret,
+            never from a manifest.
+        model: Model name.
+        version: Bundle version (each version keeps its own rows).
+        retention_days: As :class:`~serving.state.InMemoryOnlineState`.
+        sweep_per_append: Idle entities removed per append, at most.
+        client: A client to use instead of one made from ``url`` (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        version: str,
+        retention_days: float,
+        sweep_per_append: int = 8,
+        client: redis.Redis | None = None,
+    ) -> None:
+        self.url = _without_password(url)
+        self.model, self.version = model, version
+        self.prefix = namespace(model, version)
+        self.retention_ms = int(retention_days * MS_PER_DAY)
+        self.slack_ms = self.retention_ms // 16
+        self.sweep_per_append = sweep_per_append
+        self.redis = client or redis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30
+        )
+        p = self.prefix
+        self._meta = [p + k for k in ("watermark", "idx:c", "idx:t", "rows:c", "rows:t")]
+        self._seeded, self._lock = p + "seeded", p + "seeding"
+        self._append = self.redis.register_script(_APPEND)
+        self._set_labels = self.redis.register_script(_SET_LABELS)
+        self._stats: dict[str, int] = dict.fromkeys(
+            ("customers", "terminals", "customer_rows", "terminal_rows"), 0
+        )
+
+    # -- the request path -------------------------------------------------------------------
+
+    def history_for(self, customer_ids: Sequence[str], terminal_ids: Sequence[str]) -> History:
+        p = self.prefix
+        keys = [self._seeded, *(p + "c:" + c for c in customer_ids)]
+        keys += [p + "t:" + t for t in terminal_ids]
+        try:
+            values = self.redis.mget(keys)
+        except RedisError as e:
+            raise _unavailable(e, self.url) from e
+        if values[0] is None:
+            raise _unavailable(ResponseError("NOTSEEDED"), self.url)
+        k = len(customer_ids)
+        return History(_entity_rows(values[1 : 1 + k]), _entity_rows(values[1 + k :]))
+
+    def append(
+        self,
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        label: np.ndarray | None = None,
+        transaction_ids: Sequence[str] | None = None,
+    ) -> int:
+        n = len(customer_ids)
+        if n == 0:
+            return 0
+        ids = id_digests(transaction_ids, n)
+        labels = np.zeros(n) if label is None else label
+        customers = _rows(time_ms, amount, ids).tobytes()
+        terminals = _rows(time_ms, labels, ids).tobytes()
+        args: list[Any] = [self.retention_ms, self.slack_ms, self.sweep_per_append, n, self.prefix]
+        for i, t in enumerate(np.asarray(time_ms, np.int64).tolist()):
+            at = slice(i * ROW.itemsize, (i + 1) * ROW.itemsize)
+            args += [t, customers[at], terminals[at], ids[i]]
+        p = self.prefix
+        keys = [*self._meta, self._seeded]
+        keys += [p + "c:" + c for c in customer_ids]
+        keys += [p + "t:" + t for t in terminal_ids]
+        try:
+            return int(self._append(keys=keys, args=args))
+        except RedisError as e:
+            raise _unavailable(e, self.url) from e
+
+    def set_labels(
+        self,
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        labels: np.ndarray,
+        transaction_ids: Sequence[str] | None = None,
+    ) -> LabelsSet:
+        n = len(terminal_ids)
+        if n == 0:
+            return LabelsSet()
+        values = np.asarray(labels, "<f8")
+        args: list[Any] = [n]
+        for t, value, id_ in zip(
+            np.asarray(time_ms, np.int64).tolist(),
+            values,
+            id_digests(transaction_ids, n),
+            strict=True,
+        ):
+            args += [t, value.tobytes(), id_]
+        keys = [self._seeded, *(self.prefix + "t:" + t for t in terminal_ids)]
+        try:
+            changed, unchanged, not_found = self._set_labels(keys=keys, args=args)
+        except RedisError as e:
+            raise _unavailable(e, self.url) from e
+        return LabelsSet(int(changed), int(unchanged), int(not_found))
+
+    def stats(self) -> dict[str, int]:
+        """Sizes for metrics; the last ones read when Redis cannot be reached (a scrape must
+        not fail for it)."""
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(self._meta[1]).zcard(self._meta[2])
+                pipe.get(self._meta[3]).get(self._meta[4])
+                customers, terminals, c_rows, t_rows = pipe.execute()
+        except RedisError:
+            return dict(self._stats)
+        self._stats = {
+            "customers": int(customers),
+            "terminals": int(terminals),
+            "customer_rows": int(c_rows or 0),
+            "terminal_rows": int(t_rows or 0),
+        }
+        return dict(self._stats)
+
+    # -- seeding and replay -----------------------------------------------------------------
+
+    def seed(self, frame: pd.DataFrame, wait_seconds: float = SEED_LOCK_SECONDS) -> int:
+        """Seed this version's state from the bundle's snapshot, once for all replicas.
+
+        The first replica takes a lock, clears what a replica that died while seeding left,
+        writes every row and marks the state seeded; the others wait for the mark.
+
+        Args:
+            frame: The snapshot (as :meth:`InMemoryOnlineState.load_frame` reads it).
+            wait_seconds: How long to wait for another replica's seeding.
+
+        Returns:
+            The rows this replica wrote (0: seeded already, by another replica or before).
+
+        Raises:
+            StateUnavailable: Redis cannot be reached, or another replica's seeding did not
+                finish in ``wait_seconds``.
+        """
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + wait_seconds
+        try:
+            while True:
+                if self.redis.exists(self._seeded):
+                    return 0
+                if self.redis.set(self._lock, token, nx=True, ex=SEED_LOCK_SECONDS):
+                    break
+                if time.monotonic() > deadline:
+                    holder = self.redis.get(self._lock)
+                    raise StateUnavailable(
+                        f"the online state in Redis at {self.url} is being seeded by "
+                        f"{holder!r} for more than {wait_seconds:g} s; check that replica's "
+                        f"log, or delete the key {self._lock!r} if it is gone"
+                    )
+                time.sleep(0.2)
+            try:
+                written = self._write_seed(frame)
+                self.redis.set(
+                    self._seeded,
+                    json.dumps({"by": token, "rows": written, "at": datetime.now(UTC).isoformat()}),
+                )
+            finally:
+                if self.redis.get(self._lock) == token.encode():
+                    self.redis.delete(self._lock)
+        except RedisError as e:
+            raise _unavailable(e, self.url) from e
+        return written
+
+    def _write_seed(self, frame: pd.DataFrame) -> int:
+        self._clear()
+        if frame.empty:
+            return 0
+        ts = pd.to_datetime(frame["timestamp"], utc=True)
+        times = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy(
+            np.int64
+        )
+        labels = (
+            pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64)
+            if LABEL in frame.columns
+            else np.full(len(frame), np.nan)
+        )
+        ids = id_digests(
+            frame["transaction_id"].astype(str).tolist() if "transaction_id" in frame else None,
+            len(frame),
+        )
+        watermark = int(times.max())
+        floor = watermark - self.retention_ms
+        p = self.prefix
+        with self.redis.pipeline(transaction=False) as pipe:
+            for kind, entities, values in (
+                ("c", frame["customer_id"], frame["amount"].to_numpy(np.float64)),
+                ("t", frame["terminal_id"], labels),
+            ):
+                codes, uniques = pd.factorize(entities.astype(str))
+                order = np.lexsort((times, codes))
+                rows = _rows(times[order], values[order], [ids[i] for i in order])
+                bounds = np.flatnonzero(np.diff(codes[order])) + 1
+                kept, newest = 0, {}
+                for at, part in zip(
+                    np.concatenate([[0], bounds]).tolist(), np.split(rows, bounds), strict=True
+                ):
+                    entity = str(uniques[codes[order[at]]])
+                    part_times = part["time"].astype(np.int64)
+                    if part_times[0] < floor - self.slack_ms:  # as the in-memory state's prune
+                        part = part[part_times >= floor]
+                        if not len(part):
+                            continue
+                    pipe.set(p + f"{kind}:{entity}", part.tobytes())
+                    newest[entity] = int(part["time"][-1])
+                    kept += len(part)
+                    if len(pipe) >= CHUNK:
+                        pipe.execute()
+                items = list(newest.items())
+                for start in range(0, len(items), CHUNK):
+                    pipe.zadd(p + f"idx:{kind}", dict(items[start : start + CHUNK]))
+                pipe.set(p + f"rows:{kind}", kept)
+            pipe.set(p + "watermark", watermark)
+            pipe.execute()
+        return len(frame)
+
+    def _clear(self) -> None:
+        """Delete every key of this version but the lock (what a failed seeding left)."""
+        keys = [
+            k
+            for k in self.redis.scan_iter(match=_glob_escape(self.prefix) + "*", count=1_000)
+            if k != self._lock.encode()
+        ]
+        for start in range(0, len(keys), CHUNK):
+            self.redis.delete(*keys[start : start + CHUNK])
+
+    def load_frame(self, frame: pd.DataFrame) -> int:
+        """Add logged transactions (a replay), each once, in chunks: other replicas may have
+        added them already. Returns the number of rows read."""
+        if frame.empty:
+            return 0
+        ts = pd.to_datetime(frame["timestamp"], utc=True)
+        times = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy(
+            np.int64
+        )
+        labels = (
+            pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64)
+            if LABEL in frame.columns
+            else None
+        )
+        columns = (
+            frame["customer_id"].astype(str).tolist(),
+            frame["terminal_id"].astype(str).tolist(),
+            times,
+            frame["amount"].to_numpy(np.float64),
+            labels,
+            frame["transaction_id"].astype(str).tolist() if "transaction_id" in frame else None,
+        )
+        for start in range(0, len(frame), CHUNK):
+            at = slice(start, start + CHUNK)
+            self.append(*(None if c is None else c[at] for c in columns))
+        return len(frame)
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.redis.close()
+
+
+def _entity_rows(values: list[bytes | None]) -> EntityRows:
+    lengths = [0 if v is None else len(v) // ROW.itemsize for v in values]
+    if not any(lengths):
+        return EntityRows.empty()
+    rows = np.frombuffer(b"".join(v for v in values if v), ROW)
+    group = np.repeat(np.arange(len(values), dtype=np.int64), lengths)
+    return EntityRows(group, rows["time"].astype(np.int64), rows["value"].astype(np.float64))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _without_password(url: str) -> str:
+    """The URL as logs and error messages may show it."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"

@@ -1,0 +1,216 @@
+"""The online state in Redis (a real ``redis-server`` on loopback): the same rows as the
+in-memory state for any sequence of operations, shared safely by several replicas, and clear
+errors when Redis is gone. The feature-level tests run on both states in
+``test_serving_units.py`` (``make_state``)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from conftest import start_redis_server
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serving.redis_state import RedisOnlineState, StateUnavailable
+from serving.state import InMemoryOnlineState
+
+DAY = 86_400_000
+
+
+def _redis_state(url: str, version: str | None = None, **kw) -> RedisOnlineState:
+    return RedisOnlineState(url, "tests", version or uuid.uuid4().hex, kw.pop("days", 2), **kw)
+
+
+@pytest.fixture
+def fresh(redis_url):
+    """``fresh(**kw)``: a seeded, empty Redis state of a new version; removed afterwards."""
+    made = []
+
+    def make(**kw) -> RedisOnlineState:
+        state = _redis_state(redis_url, **kw)
+        state.seed(pd.DataFrame())
+        made.append(state)
+        return state
+
+    yield make
+    for state in made:
+        state._clear()
+        state.close()
+
+
+appends = st.tuples(
+    st.just("append"),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["c1", "c2", "c3"]),  # customer
+            st.sampled_from(["t1", "t2"]),  # terminal
+            st.integers(0, 4 * DAY).map(lambda t: t - t % (DAY // 4)),  # few distinct times
+            st.sampled_from([None, "a", "b", "c", "d"]),  # transaction id (None: unknown)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+labels = st.tuples(
+    st.just("label"),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["t1", "t2", "t9"]),
+            st.integers(0, 16).map(lambda k: k * (DAY // 4)),
+            st.sampled_from([0.0, 1.0]),
+            st.sampled_from([None, "a", "b", "z"]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=st.lists(st.one_of(appends, labels), min_size=1, max_size=12))
+def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
+    """Retries (same id, customer and time), late arrivals, labels by id or by time, rows
+    falling out of the retention: both states answer alike and hold the same recent rows in
+    the same order (the order sets the float sums of the windows)."""
+    memory, shared = InMemoryOnlineState(2, sweep_per_append=1), fresh(sweep_per_append=1)
+    newest = 0
+    for kind, rows in operations:
+        if kind == "append":
+            customers, terminals, times, ids = (list(c) for c in zip(*rows, strict=True))
+            amounts = np.arange(len(rows), dtype=float) + 0.5
+            known = None if any(i is None for i in ids) else ids
+            args = (customers, terminals, np.array(times), amounts, None, known)
+            assert memory.append(*args) == shared.append(*args)
+            newest = max(newest, *times)
+        else:
+            terminals, times, values, ids = (list(c) for c in zip(*rows, strict=True))
+            known = None if any(i is None for i in ids) else ids
+            args = (terminals, np.array(times), np.array(values), known)
+            assert memory.set_labels(*args) == shared.set_labels(*args)
+    floor = newest - 2 * DAY
+    for entities in (["c1", "c2", "c3"], ["t1", "t2"]):
+        got = [state.history_for(entities, entities) for state in (memory, shared)]
+        for a, b in ((got[0].customers, got[1].customers), (got[0].terminals, got[1].terminals)):
+            recent_a, recent_b = a.time_ms >= floor, b.time_ms >= floor
+            np.testing.assert_array_equal(a.group[recent_a], b.group[recent_b])
+            np.testing.assert_array_equal(a.time_ms[recent_a], b.time_ms[recent_b])
+            np.testing.assert_array_equal(a.value[recent_a], b.value[recent_b])
+    stats = shared.stats()
+    everything = shared.history_for(["c1", "c2", "c3"], ["t1", "t2", "t9"])
+    assert (stats["customer_rows"], stats["terminal_rows"]) == (
+        len(everything.customers),
+        len(everything.terminals),
+    )
+
+
+def test_replicas_sharing_a_version_add_each_transaction_once(redis_url, fresh):
+    """Two replicas (two clients) follow the same other version's log at once: each
+    transaction is one row, and each replica reads what the other wrote."""
+    first = fresh()
+    second = _redis_state(redis_url, first.version)
+    n = 3_000
+    customers = [f"c{i % 50}" for i in range(n)]
+    terminals = [f"t{i % 70}" for i in range(n)]
+    times = np.arange(n, dtype=np.int64) * 1_000 + DAY
+    ids = [f"tx{i}" for i in range(n)]
+    repeated = {}
+
+    def follow(name: str, state: RedisOnlineState) -> None:
+        repeated[name] = sum(
+            state.append(
+                customers[k : k + 500],
+                terminals[k : k + 500],
+                times[k : k + 500],
+                np.ones(500),
+                None,
+                ids[k : k + 500],
+            )
+            for k in range(0, n, 500)
+        )
+
+    threads = [threading.Thread(target=follow, args=p) for p in (("1", first), ("2", second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert repeated["1"] + repeated["2"] == n  # every transaction was added by exactly one
+    assert first.stats()["customer_rows"] == first.stats()["terminal_rows"] == n
+    a = first.history_for(["c1"], ["t1"])
+    b = second.history_for(["c1"], ["t1"])
+    assert a.customers.time_ms.tolist() == b.customers.time_ms.tolist() == times[1::50].tolist()
+    second.close()
+
+
+def test_one_replica_seeds_a_version_and_the_others_wait_for_it(redis_url, fresh):
+    snapshot = pd.DataFrame(
+        {
+            "transaction_id": [f"s{i}" for i in range(400)],
+            "timestamp": pd.date_range("2026-01-01", periods=400, freq="min", tz="UTC"),
+            "customer_id": [f"c{i % 7}" for i in range(400)],
+            "terminal_id": [f"t{i % 9}" for i in range(400)],
+            "amount": np.arange(400, dtype=float),
+            "is_fraud": [i % 5 == 0 for i in range(400)],
+        }
+    )
+    version = uuid.uuid4().hex
+    replicas = [_redis_state(redis_url, version, days=31) for _ in range(4)]
+    # a replica that died while seeding left a row behind (no lock, no mark)
+    replicas[0].redis.set(replicas[0].prefix + "c:leftover", b"\0" * 24)
+    written: list[int] = []
+    threads = [
+        threading.Thread(target=lambda s=s: written.append(s.seed(snapshot))) for s in replicas
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(written) == [0, 0, 0, 400]
+    memory = InMemoryOnlineState(31)
+    memory.load_frame(snapshot)
+    customers, terminals = [f"c{i}" for i in range(7)], [f"t{i}" for i in range(9)]
+    expected = memory.history_for([*customers, "leftover"], terminals)
+    for state in replicas:
+        got = state.history_for([*customers, "leftover"], terminals)
+        for a, b in ((expected.customers, got.customers), (expected.terminals, got.terminals)):
+            np.testing.assert_array_equal(a.group, b.group)
+            np.testing.assert_array_equal(a.time_ms, b.time_ms)
+            np.testing.assert_array_equal(a.value, b.value)
+        assert state.stats() == memory.stats()
+    replicas[0]._clear()
+    for state in replicas:
+        state.close()
+
+
+def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
+    process, url = start_redis_server()
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    state = RedisOnlineState(
+        f"redis://default:s3cret@127.0.0.1:{port}/0", "tests", "v1", 31,
+        client=redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1),
+    )  # fmt: skip
+    state.seed(pd.DataFrame())
+    state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1), None, ["a"])
+    assert state.stats()["customer_rows"] == 1
+    state.redis.flushall()  # as a restart without persistence leaves it
+    for call in (
+        lambda: state.history_for(["c1"], ["t1"]),
+        lambda: state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)),
+        lambda: state.set_labels(["t1"], np.array([DAY]), np.ones(1)),
+    ):
+        with pytest.raises(StateUnavailable, match=r"lost its data .* restart the model's servers"):
+            call()
+    process.terminate()
+    process.wait(10)
+    with pytest.raises(StateUnavailable, match=f"cannot be reached .*{port}") as caught:
+        state.history_for(["c1"], ["t1"])
+    assert "s3cret" not in str(caught.value) and "***@127.0.0.1" in str(caught.value)
+    with pytest.raises(StateUnavailable, match="cannot be reached"):
+        state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
+    assert state.stats()["customer_rows"] == 1  # the last read, not an exception in a scrape
