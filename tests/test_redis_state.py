@@ -78,7 +78,12 @@ labels = st.tuples(
 def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
     """Retries (same id, customer and time), late arrivals, labels by id or by time, rows
     falling out of the retention: both states answer alike and hold the same recent rows in
-    the same order (the order sets the float sums of the windows)."""
+    the same order (the order sets the float sums of the windows).
+
+    Rows older than the retention (before the floor) leave each state at its own pace (the
+    in-memory sweep visits entities round robin, Redis's the longest idle first): a retry or
+    a label of such a row may find it in one and not in the other, so answers are compared
+    for operations within the retention only, the kept rows always."""
     memory, shared = InMemoryOnlineState(2, sweep_per_append=1), fresh(sweep_per_append=1)
     newest = 0
     for kind, rows in operations:
@@ -87,13 +92,15 @@ def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
             amounts = np.arange(len(rows), dtype=float) + 0.5
             known = None if any(i is None for i in ids) else ids
             args = (customers, terminals, np.array(times), amounts, None, known)
-            assert memory.append(*args) == shared.append(*args)
             newest = max(newest, *times)
         else:
             terminals, times, values, ids = (list(c) for c in zip(*rows, strict=True))
             known = None if any(i is None for i in ids) else ids
             args = (terminals, np.array(times), np.array(values), known)
-            assert memory.set_labels(*args) == shared.set_labels(*args)
+        change = memory.append if kind == "append" else memory.set_labels
+        answers = change(*args), getattr(shared, change.__name__)(*args)
+        if min(times) >= newest - 2 * DAY:
+            assert answers[0] == answers[1]
     floor = newest - 2 * DAY
     for entities in (["c1", "c2", "c3"], ["t1", "t2"]):
         got = [state.history_for(entities, entities) for state in (memory, shared)]
