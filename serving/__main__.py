@@ -173,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow_log_seconds). Default: --log_store. In a cluster, where the log sink writes "
         "the log and --log_store is none, set it to the sink's --store.",
     )
+    group.add_argument(
+        "--state_redis_url",
+        default=os.environ.get("FRAUDOPS_STATE_REDIS_URL", ""),
+        help="Keep the online state in Redis, shared by every replica of the model version "
+        "(redis://[user:password@]host:6379/0, rediss:// for TLS; the first replica seeds it "
+        "from the bundle's snapshot, the others wait). Default: $FRAUDOPS_STATE_REDIS_URL "
+        "(from a Secret); empty: in this process, one replica per version.",
+    )
     group.add_argument("--log_flush_interval", type=float, default=5.0, help="Seconds.")
     group.add_argument("--log_flush_records", type=int, default=20_000)
     group.add_argument("--log_max_records", type=int, default=200_000)
@@ -231,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     if args.workers != 1:
         log.error(
-            "--workers %d: the online feature state lives in this process; run one worker per "
-            "replica (several replicas need a shared OnlineState)",
+            "--workers %d: run one worker per replica (the online state in memory lives in "
+            "one process; replicas of a version share it with --state_redis_url)",
             args.workers,
         )
         return 2
@@ -276,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_max_records=args.log_max_records,
         log_block_seconds=args.log_block_seconds,
         log_process=bool(args.log_process),
+        state_redis_url=args.state_redis_url,
     )
     metrics = ServingMetrics()
     model = FraudDetector(

@@ -7,13 +7,14 @@ specific ones to 413 and 415. The message always names the field, the instance a
 
 from __future__ import annotations
 
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotReady
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
     "InvalidTransactions",
     "PayloadTooLarge",
     "ServingError",
+    "StateUnavailableError",
     "UnsupportedMediaType",
 ]
 
@@ -59,3 +60,20 @@ class UnsupportedMediaType(ServingError):
 
     status = 415
     kind = "unsupported_media_type"
+
+
+class StateUnavailableError(ModelNotReady):
+    """The model cannot score now because its shared online state cannot be used (Redis down,
+    or seeding it again): 503 with the reason, not a client error and not a 500.
+
+    A :class:`~kserve.errors.ModelNotReady` so that KServe's own handlers (and gRPC:
+    UNAVAILABLE, from ``reason``) treat it as one; :mod:`serving.http` answers it without
+    KServe's traceback per request.
+    """
+
+    kind = "state_unavailable"
+
+    def __init__(self, model_name: str, detail: str) -> None:
+        super().__init__(model_name, detail)
+        self.error_msg = f"model {model_name} cannot score now: {detail}"
+        self.reason = self.error_msg

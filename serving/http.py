@@ -31,6 +31,7 @@ it cannot parse, an unknown path), so that every error reads ``{"error": "..."}`
 from __future__ import annotations
 
 import contextvars
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -45,8 +46,10 @@ from kserve.errors import ModelNotReady
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import direct_routes
-from serving.errors import ServingError
+from serving.errors import ServingError, StateUnavailableError
 from serving.metrics import ServingMetrics
+
+log = logging.getLogger("fraudops.serving")
 
 __all__ = ["RequestContext", "ScoringMiddleware", "current_request", "install"]
 
@@ -343,6 +346,22 @@ async def _serving_error(request: Request, exc: ServingError) -> ORJSONResponse:
     return ORJSONResponse(status_code=exc.status, content={"error": str(exc)})
 
 
+_QUIET_SECONDS = 10.0
+_last_state_warning = [0.0]
+
+
+async def _state_unavailable(request: Request, exc: StateUnavailableError) -> ORJSONResponse:
+    """503 with the reason; logged once every few seconds, not with a traceback a request."""
+    ctx = current_request()
+    if ctx is not None:
+        ctx.error_kind = exc.kind
+    now = time.monotonic()
+    if now - _last_state_warning[0] >= _QUIET_SECONDS:
+        _last_state_warning[0] = now
+        log.warning("answering 503: %s (logged once every %g s)", exc, _QUIET_SECONDS)
+    return ORJSONResponse(status_code=503, content={"error": str(exc)})
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
     ctx = current_request()
     if ctx is not None and exc.status_code < 500:
@@ -403,5 +422,6 @@ def install(
         served=served,
     )
     app.add_exception_handler(ServingError, _serving_error)
+    app.add_exception_handler(StateUnavailableError, _state_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

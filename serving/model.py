@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,16 @@ from components.bundle import Bundle
 from components.inference_log import record_columns
 from components.schema import LABEL
 from components.store import ObjectStore, StoreError
-from serving.errors import InvalidTransactions, ServingError
+from serving.errors import InvalidTransactions, ServingError, StateUnavailableError
 from serving.http import current_request
+from serving.load_retry import LoadRetry
 from serving.log_follow import LABEL_OUTCOMES, FollowLoop, LogFollower, Logged, label_columns
 from serving.log_writer import InferenceLogWriter, LogEntry
 from serving.metrics import ServingMetrics
+from serving.redis_state import RedisOnlineState
 from serving.scorer import Scored, Scorer
 from serving.source import BundleSource
-from serving.state import InMemoryOnlineState, LabelsSet, OnlineState
+from serving.state import InMemoryOnlineState, LabelsSet, OnlineState, StateUnavailable
 from serving.transactions import TransactionBatch, TransactionSchema, from_instances, from_tensors
 
 __all__ = ["FraudDetector", "ServingConfig"]
@@ -81,6 +83,8 @@ class ServingConfig:
             :class:`serving.log_writer.InferenceLogWriter`.
         state_slack_days: History kept beyond the spec's ``history_days`` (late arrivals).
         log_process: Build and write log records in a helper process (off the GIL).
+        state_redis_url: Keep the online state in this Redis, shared by the replicas of the
+            version (:mod:`serving.redis_state`); empty: in memory.
     """
 
     max_batch: int = 10_000
@@ -98,6 +102,7 @@ class ServingConfig:
     log_block_seconds: float = 0.05
     state_slack_days: float = 1.0
     log_process: bool = True
+    state_redis_url: str = field(default="", repr=False)  # may hold a password
 
 
 class _NotReady(ModelNotReady):
@@ -160,6 +165,8 @@ class FraudDetector(Model):
         self._closed = False
         self._download: Path | None = None
         self._load_lock = threading.Lock()
+        self._reseed_lock = threading.Lock()
+        self._reseeding = False
         self._follow_loop: FollowLoop | None = None
         self._scored_elsewhere: deque = deque()  # kept by every scorer of this model
         self.event_loop: asyncio.AbstractEventLoop | None = None
@@ -240,11 +247,25 @@ class FraudDetector(Model):
                 if self.on_ready is not None:
                     self.on_ready()
                 self.ready = True
+                self._reseeding = False
                 self._follow(follower)
         if self._closed:  # close() came while this load held the lock and left the rest to it
             self.close()
             raise ModelMissingError(f"{self.name} was stopped while it was loading")
         return True
+
+    def _seed_again(self, reason: str) -> None:
+        """The shared state lost its data: unready (503 with the reason) until a load in the
+        background has seeded it again (one replica seeds, the others wait and replay)."""
+        with self._reseed_lock:
+            if self._reseeding or self._closed:
+                return
+            self._reseeding = True
+        log.error("%s; loading the bundle again to seed it", reason)
+        self.ready = False
+        self.load_error = reason
+        self.state = None  # the next load makes, seeds and follows a new one
+        LoadRetry(self, self.retry_seconds or 5.0).start()
 
     def _failed(self, error: Exception) -> None:
         missing = isinstance(error, ModelMissingError)
@@ -259,6 +280,11 @@ class FraudDetector(Model):
             return ""
         if self._closed:
             return "It was stopped (unloaded, or the server is shutting down): restart the server."
+        if self._reseeding:
+            return (
+                f"Its online state is being seeded again (attempt {self.load_attempts}): "
+                f"{self.load_error}"
+            )
         if self.load_error is None:
             return "Its bundle is loading."
         retry = f", retried every {self.retry_seconds:g} s" if self.retry_seconds else ""
@@ -289,26 +315,7 @@ class FraudDetector(Model):
         state = self.state  # given to the constructor, or kept from an earlier load
         follower = None
         if state is None:
-            fresh = InMemoryOnlineState(spec.history_days + config.state_slack_days)
-            try:
-                seeded = fresh.load_frame(history) if len(history) else 0
-            except (ValueError, KeyError, TypeError) as e:
-                raise ModelMissingError(
-                    f"the bundle's online/snapshot.parquet from {self.source.uri} cannot seed "
-                    f"the online state: {type(e).__name__}: {e}"
-                ) from e
-            if self.state_log_store is not None:
-                after = (
-                    pd.to_datetime(history["timestamp"], utc=True).max() if len(history) else None
-                )
-                follower = LogFollower(self.state_log_store, self.name, bundle.version, after)
-            replayed = self._replay(fresh, follower, spec.history_days + config.state_slack_days)
-            log.info(
-                "online state: %d snapshot row(s), %d replayed from the inference log",
-                seeded,
-                replayed,
-            )
-            state = fresh
+            state, follower = self._seed(bundle, history)
         scorer.state = state
         scorer.scored_elsewhere = self._scored_elsewhere
         scorer.on_labels = self._labels_set
@@ -319,6 +326,45 @@ class FraudDetector(Model):
             max_clock_skew_seconds=config.max_clock_skew_seconds,
         )
         return bundle, scorer, state, schema, follower
+
+    def _seed(
+        self, bundle: Bundle, history: pd.DataFrame
+    ) -> tuple[OnlineState, LogFollower | None]:
+        """A new online state for ``bundle``: seeded from its snapshot (in Redis: once, by
+        the first replica of the version), then the inference log replayed into it."""
+        config = self.config
+        days = bundle.spec().history_days + config.state_slack_days
+        fresh: InMemoryOnlineState | RedisOnlineState
+        try:
+            if config.state_redis_url:
+                fresh = RedisOnlineState(config.state_redis_url, self.name, bundle.version, days)
+                seeded = fresh.seed(history)
+            else:
+                fresh = InMemoryOnlineState(days)
+                seeded = fresh.load_frame(history) if len(history) else 0
+        except StateUnavailable as e:
+            raise ModelMissingError(str(e)) from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelMissingError(
+                f"the bundle's online/snapshot.parquet from {self.source.uri} cannot seed "
+                f"the online state: {type(e).__name__}: {e}"
+            ) from e
+        follower = None
+        if self.state_log_store is not None:
+            after = pd.to_datetime(history["timestamp"], utc=True).max() if len(history) else None
+            follower = LogFollower(self.state_log_store, self.name, bundle.version, after)
+        try:
+            replayed = self._replay(fresh, follower, days)
+        except StateUnavailable as e:
+            raise ModelMissingError(str(e)) from e
+        log.info(
+            "online state%s: %d snapshot row(s)%s, %d replayed from the inference log",
+            f" in Redis at {fresh.url}" if isinstance(fresh, RedisOnlineState) else "",
+            seeded,
+            " (seeded already)" if config.state_redis_url and not seeded else "",
+            replayed,
+        )
+        return fresh, follower
 
     def _start_writer(self) -> None:
         if self.log_store is None or self.writer is not None:
@@ -334,14 +380,20 @@ class FraudDetector(Model):
             process=config.log_process,
         ).start()
 
-    def _replay(self, state: InMemoryOnlineState, follower: LogFollower | None, days: float) -> int:
+    def _replay(
+        self,
+        state: InMemoryOnlineState | RedisOnlineState,
+        follower: LogFollower | None,
+        days: float,
+    ) -> int:
         """Add logged transactions newer than the snapshot (a restart keeps its history), then
         the late labels.
 
         Reads the records of this model (every version: a canary's traffic counts too) written
         in the last ``days`` days, keeps the transactions after the snapshot's end, once each,
         presumed genuine (label 0) as the server's own are. Then the labels ingested in those
-        days go on their transactions' terminal rows.
+        days go on their transactions' terminal rows. (In Redis, other replicas may have added
+        them already: each is added once.)
         """
         if follower is None:
             return 0
@@ -433,7 +485,16 @@ class FraudDetector(Model):
         scorer = self.scorer
         if scorer is None or self._closed:
             return
-        scorer.apply_scored_elsewhere(limit=1)
+        try:
+            scorer.apply_scored_elsewhere(limit=1)
+        except StateUnavailable as e:  # kept queued: tried again in a second (and by requests)
+            log.warning("cannot add the other versions' transactions to the state: %s", e)
+            if e.lost:
+                self._seed_again(str(e))
+                return
+            if self.event_loop is not None:
+                self.event_loop.call_later(1.0, self._apply_followed)
+            return
         if scorer.scored_elsewhere and self.event_loop is not None:
             self.event_loop.call_soon(self._apply_followed)
 
@@ -514,6 +575,8 @@ class FraudDetector(Model):
             self._follow_loop = None
         if self.writer is not None:
             self.writer.close()
+        if isinstance(self.state, RedisOnlineState):
+            self.state.close()
         if self._tmpdir is not None:  # everything in it was read by load_bundle()
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -564,6 +627,10 @@ class FraudDetector(Model):
             scored = self.scorer.score(batch, 1 if self.event_loop is not None else None)
         except ServingError:
             raise
+        except StateUnavailable as e:  # not the client's fault, nor a bug: 503 with the reason
+            if e.lost:
+                self._seed_again(str(e))
+            raise StateUnavailableError(self.name, str(e)) from e
         except Exception as e:
             raise InferenceError(f"scoring failed: {type(e).__name__}: {e}") from e
         request_id = _request_id(headers, payload)

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from components.features.windows import MS_PER_DAY
 from components.schema import LABEL
-from serving.state import EntityRows, History, LabelsSet
+from serving.state import EntityRows, History, LabelsSet, StateUnavailable
 
 __all__ = ["ROW", "RedisOnlineState", "StateUnavailable", "id_digests", "namespace"]
 
@@ -229,10 +229,6 @@ return {changed, unchanged, not_found}
 )
 
 
-class StateUnavailable(RuntimeError):
-    """The shared online state cannot be read or written now (the server answers 503)."""
-
-
 def namespace(model: str, version: str) -> str:
     """The key prefix of one model version's state (one Redis Cluster hash slot)."""
     return f"fraudops:{{{model}/{version}}}:"
@@ -261,8 +257,9 @@ def _unavailable(e: Exception, url: str) -> StateUnavailable:
     if isinstance(e, ResponseError) and str(e).startswith("NOTSEEDED"):
         return StateUnavailable(
             f"the online state in Redis at {url} has lost its data (was Redis restarted "
-            "without persistence?): restart the model's servers to seed it again from the "
-            "bundle's snapshot and the inference log"
+            "without persistence?): the servers seed it again from the bundle's snapshot and "
+            "the inference log, and score again once that is done",
+            lost=True,
         )
     return StateUnavailable(
         f"the online state in Redis at {url} cannot be reached ({type(e).__name__}: {e}); "

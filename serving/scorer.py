@@ -149,7 +149,7 @@ class Scorer:
         if not queue or state is None:
             return 0
         while queue and (limit is None or limit > 0):
-            kind, args = queue.popleft()
+            kind, args = queue[0]
             if kind == "append":
                 repeated = state.append(*args)
                 added += len(args[0]) - repeated
@@ -159,6 +159,7 @@ class Scorer:
                 done = state.set_labels(*args)
                 if self.on_labels is not None:
                     self.on_labels(done)
+            queue.popleft()  # only once applied: a shared state that fails keeps it queued
             limit = None if limit is None else limit - 1
         return added
 

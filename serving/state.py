@@ -3,10 +3,8 @@
 The windowed features of a transaction need the customer's and the terminal's transactions of
 the last ``spec.history_days`` days. :class:`OnlineState` is the interface the model server
 uses; :class:`InMemoryOnlineState` keeps per-entity numpy arrays in this process (one replica).
-Several replicas need one shared state: implement the same methods over a shared store
-(e.g. Redis: one sorted set or packed array per customer and terminal, ``history_for`` as one
-pipelined ``MGET``/``ZRANGEBYSCORE`` round trip, ``append`` as one pipelined write,
-``set_labels`` as a small script per terminal).
+Several replicas of a version share one state in Redis:
+:class:`serving.redis_state.RedisOnlineState` keeps the same rows there (a test compares).
 
 The state holds raw rows, not features: ``(time_ms, amount)`` per customer and
 ``(time_ms, label)`` per terminal. A scored transaction is presumed genuine (label 0) until a
@@ -31,7 +29,28 @@ import pandas as pd
 from components.features.windows import MS_PER_DAY, EntityRows
 from components.schema import LABEL
 
-__all__ = ["EntityRows", "History", "InMemoryOnlineState", "LabelsSet", "OnlineState"]
+__all__ = [
+    "EntityRows",
+    "History",
+    "InMemoryOnlineState",
+    "LabelsSet",
+    "OnlineState",
+    "StateUnavailable",
+]
+
+
+class StateUnavailable(RuntimeError):
+    """A shared online state cannot be read or written now (the server answers 503 with
+    this message: what is wrong and what to do).
+
+    Attributes:
+        lost: The store is up but lost the state (e.g. Redis restarted without persistence):
+            it must be seeded again.
+    """
+
+    def __init__(self, message: str, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
         lambda: state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)),
         lambda: state.set_labels(["t1"], np.array([DAY]), np.ones(1)),
     ):
-        with pytest.raises(StateUnavailable, match=r"lost its data .* restart the model's servers"):
+        with pytest.raises(StateUnavailable, match=r"lost its data .* seed it again"):
             call()
     process.terminate()
     process.wait(10)

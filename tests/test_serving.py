@@ -976,3 +976,77 @@ def test_log_sink_turns_kserve_logger_events_into_the_same_records(server, s3_st
         assert mine == theirs, eid
         assert from_sink[eid]["source"] == "http://localhost:9081/"
         assert from_sink[eid]["latency_ms"] == pytest.approx(4.0)
+
+
+# -- several replicas of a version: the online state in Redis --------------------------------
+
+
+def test_two_replicas_sharing_redis_score_as_one_server_and_say_when_redis_is_gone(
+    trained, bundle, tmp_path_factory
+):
+    """Two real servers of one version share their online state in a real ``redis-server``.
+    Requests alternate between them, as a Service spreads them: every score is the batch
+    score over all the traffic (each replica alone would see half of it). With Redis down, or
+    back without its data, requests get 503 with the reason, and the servers keep serving;
+    they seed Redis again by themselves (one of them) and score again."""
+    from conftest import start_redis_server
+
+    redis_server, url = start_redis_server()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    replicas = _fresh_servers(
+        trained, tmp_path_factory, ["--state_redis_url", url], ["--state_redis_url", url]
+    )
+    try:
+        new = later_transactions(160)
+        rows = [instance(r) for r in new.to_dict("records")]
+        got = []
+        for i in range(0, 120):  # one by one, alternating
+            response = _post(replicas[i % 2], V1, {"instances": [rows[i]]})
+            assert response.status_code == 200, response.text
+            got += response.json()["predictions"]
+        for k, replica in ((120, replicas[0]), (140, replicas[1])):  # a batch on each
+            got += _post(replica, V1, {"instances": rows[k : k + 20]}).json()["predictions"]
+
+        spec, model = bundle.spec(), bundle.model()
+        snapshot = pd.read_parquet(bundle.folder / "online" / "snapshot.parquet")
+        features = compute_features(new, spec, history=snapshot)
+        served = pd.DataFrame(got)
+        assert served["transaction_id"].tolist() == new["transaction_id"].tolist()
+        np.testing.assert_allclose(served["score"], model.predict(features), rtol=1e-6)
+        # what sharing changes: one replica's half alone gives other windows
+        half = compute_features(new.iloc[0:120:2], spec, history=snapshot)
+        columns = [n for n in model.feature_names if "_1d" in n or "_7d" in n]
+        assert not np.allclose(
+            half[columns].to_numpy(float), features.iloc[0:120:2][columns].to_numpy(float)
+        )
+
+        redis_server.terminate()
+        redis_server.wait(10)
+        refused = _post(replicas[0], V1, {"instances": [_valid("down")]})
+        assert refused.status_code == 503
+        assert "cannot be reached" in refused.text and f"127.0.0.1:{port}" in refused.text
+        metrics = _metrics(replicas[0])
+        assert _value(metrics, "fraudops_serving_errors_total", kind="state_unavailable") == 1
+
+        redis_server, _ = start_redis_server(port)  # back, empty: as without persistence
+        refused = _post(replicas[1], V1, {"instances": [_valid("lost")]})
+        assert refused.status_code == 503 and "lost its data" in refused.text
+        for replica in replicas:
+            assert httpx.get(replica.url + "/v2/health/live", timeout=10).status_code == 200
+        deadline = time.monotonic() + 60
+        answers = [0, 0]
+        while answers != [200, 200] and time.monotonic() < deadline:
+            answers = [_post(r, V1, {"instances": [_valid("back")]}).status_code for r in replicas]
+            assert set(answers) <= {200, 503}
+            time.sleep(0.2)
+        assert answers == [200, 200]
+        logs = [r.log.read_text(errors="replace") for r in replicas]
+        seeded = [text.count("snapshot row(s), ") for text in logs]
+        again = [text.count("(seeded already)") for text in logs]
+        assert sum(seeded) == sum(again) == 2  # at start and again: one seeds, one waits
+        assert all("Traceback" not in text for text in logs)  # a 503 is not a crash
+    finally:
+        for replica in replicas:
+            replica.stop()
+        redis_server.terminate()
+        redis_server.wait(10)
