@@ -43,7 +43,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
 
 from components.features.windows import MS_PER_DAY
 from components.schema import LABEL
@@ -254,6 +260,7 @@ def _rows(time_ms: np.ndarray, value: np.ndarray, ids: list[bytes]) -> np.ndarra
 
 
 def _unavailable(e: Exception, url: str) -> StateUnavailable:
+    """What a Redis error means for the server, and what to do."""
     if isinstance(e, ResponseError) and str(e).startswith("NOTSEEDED"):
         return StateUnavailable(
             f"the online state in Redis at {url} has lost its data (was Redis restarted "
@@ -261,6 +268,18 @@ def _unavailable(e: Exception, url: str) -> StateUnavailable:
             "the inference log, and score again once that is done",
             lost=True,
         )
+    if isinstance(e, AuthenticationError | AuthorizationError):
+        return StateUnavailable(
+            f"Redis at {url} refused the credentials ({e}): check the user and password in "
+            "FRAUDOPS_STATE_REDIS_URL (the fraudops-redis Secret)"
+        )
+    if isinstance(e, ResponseError):
+        hint = (
+            "Redis is full: give it more memory (maxmemory), keep its policy noeviction"
+            if isinstance(e, OutOfMemoryError) or "maxmemory" in str(e)
+            else "check the Redis version (7.0 or newer) and its ACL"
+        )
+        return StateUnavailable(f"Redis at {url} refused a command ({e}): {hint}")
     return StateUnavailable(
         f"the online state in Redis at {url} cannot be reached ({type(e).__name__}: {e}); "
         "check that Redis is up and FRAUDOPS_STATE_REDIS_URL is right"

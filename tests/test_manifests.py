@@ -34,7 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 KUBECTL = shutil.which("kubectl")
 
-TARGETS = ["base", "third-party/minio", "monitoring", "overlays/local", "overlays/production"]
+TARGETS = [
+    "base",
+    "third-party/minio",
+    "third-party/redis",
+    "monitoring",
+    "overlays/local",
+    "overlays/production",
+]
 OVERLAYS = ["overlays/local", "overlays/production"]
 LEGACY = "overlays/legacy-check"  # made in the copy: production + components/kserve-legacy-mode
 K8S_VERSIONS = ["1.29", "latest"]  # Kubeflow 1.10 supports Kubernetes 1.29 and newer
@@ -313,7 +320,7 @@ def test_one_project_image_per_overlay_and_pinned_images(rendered, target):
             assert tag.startswith("RELEASE."), image
 
 
-@pytest.mark.parametrize("target", [*OVERLAYS, "third-party/minio"])
+@pytest.mark.parametrize("target", [*OVERLAYS, "third-party/minio", "third-party/redis"])
 def test_services_select_their_pods(rendered, target):
     docs = rendered[target]
     pods = [
@@ -425,12 +432,36 @@ def test_local_overlay_uses_its_minio(rendered):
     assert (api, console) == (9000, 9001)
 
 
+def test_local_overlay_shares_the_online_state_in_its_redis(rendered):
+    docs = rendered["overlays/local"]
+    service = _one(docs, "Service", "fraudops-redis")
+    port = service["spec"]["ports"][0]["port"]
+    secret = _one(docs, "Secret", "fraudops-redis")["data"]
+    url = urlsplit(base64.b64decode(secret["FRAUDOPS_STATE_REDIS_URL"]).decode())
+    ns = service["metadata"]["namespace"]
+    assert (url.scheme, url.hostname, url.port) == (
+        "redis",
+        f"fraudops-redis.{ns}.svc.cluster.local",
+        port,
+    )
+    assert url.password == base64.b64decode(secret["REDIS_PASSWORD"]).decode()
+    (redis,) = _one(docs, "Deployment", "fraudops-redis")["spec"]["template"]["spec"]["containers"]
+    args = dict(zip(redis["args"][::2], redis["args"][1::2], strict=True))
+    assert args["--requirepass"] == "$(REDIS_PASSWORD)"  # from the Secret, not a literal
+    assert args["--appendonly"] == "yes" and args["--maxmemory-policy"] == "noeviction"
+    assert _one(docs, "InferenceService")["spec"]["predictor"]["minReplicas"] == 2
+
+
 def test_production_overlay_uses_tls_and_no_minio(rendered):
     docs = rendered["overlays/production"]
     config = _one(docs, "ConfigMap", "fraudops-s3-config")["data"]
     assert config["S3_USE_HTTPS"] == "1" and config["S3_VERIFY_SSL"] == "1"
     assert not [d for d in docs if "minio" in d["metadata"]["name"]]
     assert {"PodMonitor", "ServiceMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+    # a managed Redis over TLS, not the one of third-party/redis
+    secret = _one(docs, "Secret", "fraudops-redis")["data"]
+    assert base64.b64decode(secret["FRAUDOPS_STATE_REDIS_URL"]).startswith(b"rediss://")
+    assert not [d for d in docs if d["kind"] == "Deployment" and "redis" in d["metadata"]["name"]]
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
@@ -512,8 +543,17 @@ def test_model_server_arguments(rendered, target):
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert {"requests", "limits"} <= container["resources"].keys()
-    # the online feature state lives in the process: exactly one replica per version
-    assert isvc["spec"]["predictor"]["minReplicas"] == isvc["spec"]["predictor"]["maxReplicas"]
+    # several replicas of a version only with the online state shared in Redis, its URL (and
+    # password) from a Secret
+    predictor = isvc["spec"]["predictor"]
+    env = {e["name"]: e for e in container["env"]}
+    shared = env.get("FRAUDOPS_STATE_REDIS_URL")
+    if shared is None:
+        assert predictor["minReplicas"] == predictor["maxReplicas"] == 1
+    else:
+        assert shared["valueFrom"]["secretKeyRef"]["name"] == "fraudops-redis"
+        assert 2 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+        assert predictor["scaleMetric"] == "concurrency"
     # no log line per request on the hot path (latency is in /metrics)
     assert args.enable_latency_logging is False and args.access_logging is False
 

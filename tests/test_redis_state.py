@@ -221,3 +221,27 @@ def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
     with pytest.raises(StateUnavailable, match="cannot be reached"):
         state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
     assert state.stats()["customer_rows"] == 1  # the last read, not an exception in a scrape
+
+
+def test_wrong_credentials_and_a_full_redis_say_what_to_fix():
+    process, url = start_redis_server()
+    try:
+        state = RedisOnlineState(url, "tests", "v1", 31)
+        state.seed(pd.DataFrame())
+        admin = redis.Redis.from_url(url)
+        admin.config_set("maxmemory", "1")  # noeviction, Redis's default: writes refused
+        with pytest.raises(StateUnavailable, match=r"refused .*Redis is full: give it more"):
+            state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
+        assert len(state.history_for(["c1"], ["t1"]).customers) == 0  # reads still work
+        admin.config_set("maxmemory", "0")
+        admin.config_set("requirepass", "right-one")
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        wrong = RedisOnlineState(f"redis://:wrong-one@127.0.0.1:{port}/0", "tests", "v1", 31)
+        with pytest.raises(StateUnavailable, match="refused the credentials") as caught:
+            wrong.history_for(["c1"], ["t1"])
+        assert "wrong-one" not in str(caught.value)
+        right = RedisOnlineState(f"redis://:right-one@127.0.0.1:{port}/0", "tests", "v1", 31)
+        assert right.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)) == 0
+    finally:
+        process.terminate()
+        process.wait(10)
