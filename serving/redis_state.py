@@ -14,8 +14,9 @@ Cluster, so a script may touch every key of a version):
   (time in ms as a big-endian unsigned integer, the value as a little-endian double, and
   8 bytes of BLAKE2b of the transaction id, zeros when not known). A request reads all its
   entities with one ``MGET`` and numpy views the bytes without a loop over rows.
-- ``idx:c``, ``idx:t``: sorted sets, entity -> time of its newest row (the sweep of idle
-  entities); ``rows:c``, ``rows:t``: row counters (metrics); ``watermark``: the newest
+- ``idx:c``, ``idx:t``: sorted sets, entity -> time of its oldest row (each append cuts the
+  rows past the retention of the few entities whose oldest row is due, as the in-memory
+  state does); ``rows:c``, ``rows:t``: row counters (metrics); ``watermark``: the newest
   transaction time seen.
 - ``seeded``: written last by the replica that seeded the version from the bundle's snapshot
   (the others wait for it); ``seeding``: that replica's lock.
@@ -98,94 +99,88 @@ _APPEND = (
     _LUA_COMMON
     + """
 -- KEYS: watermark, idx:c, idx:t, rows:c, rows:t, seeded, then n customer and n terminal keys
--- ARGV: retention_ms, slack_ms, sweep, n, prefix, then per row: time, customer row,
---       terminal row, id
+-- ARGV: retention_ms, slack_ms, sweep, n, prefix, the n customer rows, the n terminal rows
+--       (each n * W bytes; a row holds its time and its transaction's id)
 if redis.call('EXISTS', KEYS[6]) == 0 then
   return redis.error_reply('NOTSEEDED the online state of this version is not seeded')
 end
 local retention, slack, sweep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local n, prefix = tonumber(ARGV[4]), ARGV[5]
+local n, prefix, customer_rows, terminal_rows = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local watermark = tonumber(redis.call('GET', KEYS[1]) or '0')
-for i = 1, n do
-  local t = tonumber(ARGV[5 + (i - 1) * 4 + 1])
+for i = 0, n - 1 do
+  local t = t_at(customer_rows, i)
   if t > watermark then watermark = t end
 end
 redis.call('SET', KEYS[1], string.format('%.0f', watermark))
 local floor = watermark - retention
 local keep_from = floor - slack
+local delta = {0, 0}  -- rows added minus rows cut, per table (customers, terminals)
 
--- add one row to an entity; false when `once` and its transaction is a row there already
-local function add(key, idx, counter, entity, t, row, id, once)
-  local n_rows = redis.call('STRLEN', key) / W
-  if n_rows == 0 then
-    if t < keep_from then return true end  -- counted and cut at once, as in memory
-    redis.call('SET', key, row)
-    redis.call('ZADD', idx, t, entity)
-    redis.call('INCR', counter)
+-- add one row; false when `once` and its transaction is a row there already. idx holds each
+-- entity's oldest row time: only a new entity or a row before its oldest changes it
+local function add(key, tbl, entity, t, row, id, once)
+  local last = redis.call('GETRANGE', key, -W, -1)
+  if last == '' then  -- a new entity
+    if t >= keep_from then  -- else added and cut at once, as in memory
+      redis.call('SET', key, row)
+      redis.call('ZADD', KEYS[1 + tbl], t, entity)
+      delta[tbl] = delta[tbl] + 1
+    end
     return true
   end
-  local last = t_at(redis.call('GETRANGE', key, -W, -1), 0)
-  local first = t_at(redis.call('GETRANGE', key, 0, 7), 0)
-  if t > last and first >= keep_from then
+  if t > t_at(last, 0) then  -- the common case: the entity's newest row
     redis.call('APPEND', key, row)
-    redis.call('ZADD', idx, 'GT', t, entity)
-    redis.call('INCR', counter)
+    delta[tbl] = delta[tbl] + 1
     return true
   end
   local v = redis.call('GET', key)
-  if t > last then
-    v = v .. row
-  else
-    if once and id ~= NO_ID then
-      for i = first_at_or_after(v, n_rows, t), first_after(v, n_rows, t) - 1 do
-        if string.sub(v, i * W + 17, i * W + 24) == id then return false end
-      end
+  local n_rows = #v / W
+  if once and id ~= NO_ID then
+    for i = first_at_or_after(v, n_rows, t), first_after(v, n_rows, t) - 1 do
+      if string.sub(v, i * W + 17, i * W + 24) == id then return false end
     end
-    local at = first_after(v, n_rows, t)
-    v = string.sub(v, 1, at * W) .. row .. string.sub(v, at * W + 1)
   end
-  n_rows = n_rows + 1
-  redis.call('INCR', counter)
-  if t_at(v, 0) < keep_from then
-    local k = first_at_or_after(v, n_rows, floor)
-    redis.call('DECRBY', counter, k)
-    if k >= n_rows then
-      redis.call('DEL', key)
-      redis.call('ZREM', idx, entity)
-      return true
-    end
-    v = string.sub(v, k * W + 1)
-  end
-  redis.call('SET', key, v)
-  redis.call('ZADD', idx, 'GT', t, entity)
+  local at = first_after(v, n_rows, t)  -- a late arrival: after the rows of its instant
+  redis.call('SETRANGE', key, at * W, row .. string.sub(v, at * W + 1))
+  if at == 0 then redis.call('ZADD', KEYS[1 + tbl], t, entity) end
+  delta[tbl] = delta[tbl] + 1
   return true
 end
 
 local repeated = 0
-for i = 1, n do
-  local base = 5 + (i - 1) * 4
-  local t, id = tonumber(ARGV[base + 1]), ARGV[base + 4]
-  local customer, terminal = KEYS[6 + i], KEYS[6 + n + i]
-  local c_id = string.sub(customer, #prefix + 3)
-  if add(customer, KEYS[2], KEYS[4], c_id, t, ARGV[base + 2], id, true) then
-    add(terminal, KEYS[3], KEYS[5], string.sub(terminal, #prefix + 3), t, ARGV[base + 3], id,
-      false)
+for i = 0, n - 1 do
+  local customer, terminal = KEYS[7 + i], KEYS[7 + n + i]
+  local row = string.sub(customer_rows, i * W + 1, (i + 1) * W)
+  local t, id = t_at(row, 0), string.sub(row, 17, 24)
+  if add(customer, 1, string.sub(customer, #prefix + 3), t, row, id, true) then
+    add(terminal, 2, string.sub(terminal, #prefix + 3), t,
+      string.sub(terminal_rows, i * W + 1, (i + 1) * W), id, false)
   else
     repeated = repeated + 1
   end
 end
 
--- idle entities: every row older than the floor
-for j, kind in ipairs({'c', 't'}) do
-  local idx, counter = KEYS[1 + j], KEYS[3 + j]
-  local stale = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. string.format('%.0f', floor),
+-- entities whose oldest row is `slack` past the floor lose their rows before it (gone
+-- entirely when nothing is left), as the in-memory state's cut; a few per call, oldest first
+for tbl, kind in ipairs({'c', 't'}) do
+  local idx, counter = KEYS[1 + tbl], KEYS[3 + tbl]
+  local due = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. string.format('%.0f', keep_from),
     'LIMIT', 0, sweep)
-  for _, entity in ipairs(stale) do
+  for _, entity in ipairs(due) do
     local key = prefix .. kind .. ':' .. entity
-    redis.call('DECRBY', counter, redis.call('STRLEN', key) / W)
-    redis.call('DEL', key)
-    redis.call('ZREM', idx, entity)
+    local v = redis.call('GET', key) or ''
+    local n_rows = #v / W
+    local k = first_at_or_after(v, n_rows, floor)
+    delta[tbl] = delta[tbl] - k
+    if k >= n_rows then
+      redis.call('DEL', key)
+      redis.call('ZREM', idx, entity)
+    else
+      redis.call('SET', key, string.sub(v, k * W + 1))
+      redis.call('ZADD', idx, t_at(v, k), entity)
+    end
   end
+  if delta[tbl] ~= 0 then redis.call('INCRBY', counter, delta[tbl]) end
 end
 return repeated
 """
@@ -357,10 +352,8 @@ class RedisOnlineState:
         labels = np.zeros(n) if label is None else label
         customers = _rows(time_ms, amount, ids).tobytes()
         terminals = _rows(time_ms, labels, ids).tobytes()
-        args: list[Any] = [self.retention_ms, self.slack_ms, self.sweep_per_append, n, self.prefix]
-        for i, t in enumerate(np.asarray(time_ms, np.int64).tolist()):
-            at = slice(i * ROW.itemsize, (i + 1) * ROW.itemsize)
-            args += [t, customers[at], terminals[at], ids[i]]
+        args = [self.retention_ms, self.slack_ms, self.sweep_per_append, n, self.prefix]
+        args += [customers, terminals]
         p = self.prefix
         keys = [*self._meta, self._seeded]
         keys += [p + "c:" + c for c in customer_ids]
@@ -491,7 +484,7 @@ class RedisOnlineState:
                 order = np.lexsort((times, codes))
                 rows = _rows(times[order], values[order], [ids[i] for i in order])
                 bounds = np.flatnonzero(np.diff(codes[order])) + 1
-                kept, newest = 0, {}
+                kept, oldest = 0, {}
                 for at, part in zip(
                     np.concatenate([[0], bounds]).tolist(), np.split(rows, bounds), strict=True
                 ):
@@ -502,11 +495,11 @@ class RedisOnlineState:
                         if not len(part):
                             continue
                     pipe.set(p + f"{kind}:{entity}", part.tobytes())
-                    newest[entity] = int(part["time"][-1])
+                    oldest[entity] = int(part["time"][0])
                     kept += len(part)
                     if len(pipe) >= CHUNK:
                         pipe.execute()
-                items = list(newest.items())
+                items = list(oldest.items())
                 for start in range(0, len(items), CHUNK):
                     pipe.zadd(p + f"idx:{kind}", dict(items[start : start + CHUNK]))
                 pipe.set(p + f"rows:{kind}", kept)

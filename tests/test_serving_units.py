@@ -724,6 +724,18 @@ def test_state_memory_is_bounded_by_the_retention_window(make_state):
     assert (np.diff(state.history_for(["regular"], []).customers.time_ms) >= 0).all()
 
 
+def test_a_late_arrival_older_than_the_retention_is_not_kept(make_state):
+    day = 86_400_000
+    state = make_state(2)
+    state.append(["c"], ["t"], np.array([5 * day]), np.ones(1))
+    state.append(["c"], ["t"], np.array([1 * day]), np.ones(1))  # before the floor (3 days)
+    state.append(["c"], ["t"], np.array([4 * day]), np.ones(1))  # late, but within it
+    history = state.history_for(["c"], ["t"])
+    assert history.customers.time_ms.tolist() == history.terminals.time_ms.tolist()
+    assert history.customers.time_ms.tolist() == [4 * day, 5 * day]
+    assert state.stats()["customer_rows"] == state.stats()["terminal_rows"] == 2
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
