@@ -1,11 +1,13 @@
 """Serving: latency and throughput of the KServe model server, against an empty KServe model.
 
-Four servers run on loopback at once, each a real ``python -m ...`` process with the same
+Five servers run on loopback at once, each a real ``python -m ...`` process with the same
 KServe settings: an empty model (``serving.echo``: its ``predict`` returns the input,
 so what is left is KServe's own cost on this machine), the fraud model with its defaults (reason
 codes for every transaction, inference log on, plain-JSON scoring answered by
 ``serving.direct_routes``), the same with every request through KServe's FastAPI routes
-(``--direct_routes false``), and the fraud model with reason codes for alerts only. The load
+(``--direct_routes false``), the fraud model with reason codes for alerts only, and the fraud
+model with its online state in Redis (``--state_redis_url``, a ``redis-server`` on loopback, as
+several replicas of a version would share it). The load
 comes from a separate process (this module's ``load`` command: asyncio and uvloop over raw
 keep-alive sockets, closed loop, one request in flight per connection) replaying generated
 transactions in time order, so the online state evolves as in production: the first 150,000
@@ -35,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fraudops.local_processes import start_redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_SECONDS = 1.5
@@ -440,7 +444,8 @@ def run():
         print(f"   ... model and bodies ready in {time.perf_counter() - started:.0f} s", flush=True)
         model = f"{store}#fraud-detector"
         servers: list[_Under] = []
-        try:  # all four up at once (idle ones cost memory, not CPU), measured in turns
+        redis_server, redis_url = start_redis_server()
+        try:  # all five up at once (idle ones cost memory, not CPU), measured in turns
             for label, module, args, scenarios in (
                 ("echo", "serving.echo", ["--model_name", "echo"], SCENARIOS),
                 (
@@ -467,6 +472,15 @@ def run():
                     ],
                     [SCENARIOS[1], SCENARIOS[4]],
                 ),
+                (
+                    "redis",
+                    "serving",
+                    [
+                        *("--model_uri", model, "--log_store", f"{tmp}/log4"),
+                        *("--state_redis_url", redis_url),
+                    ],
+                    [*SCENARIOS[:3], SCENARIOS[4]],
+                ),
             ):
                 server = _Server(module, [*args, *common], folder / f"{label}.log")
                 name = "echo" if label == "echo" else "fraud-detector"
@@ -475,11 +489,14 @@ def run():
         finally:
             for under in servers:
                 under.server.stop()
+            redis_server.terminate()
+            redis_server.wait(10)
     return _figures(results, ratios, Figure)
 
 
 def _figures(results: dict, ratios: dict[str, list[float]], Figure) -> list:
     fraud, echo, alerts = results["fraud"], results["echo"], results["alerts"]
+    shared = results["redis"]
     routes = results["kserve-routes"]
 
     def floor(name: str, key: str) -> str:
@@ -590,6 +607,33 @@ def _figures(results: dict, ratios: dict[str, list[float]], Figure) -> list:
             alerts["v1 batch"]["rps"] * BATCH >= 200_000,
             f"p50 {alerts['v1 batch']['p50_ms']:.1f} ms, p99 {alerts['v1 batch']['p99_ms']:.1f} ms "
             "per batch (--reasons_for alerts)",
+        ),
+        Figure(
+            "V1 single transaction, p99 latency, concurrency 1, online state in Redis",
+            shared["v1 c1"]["p99_ms"],
+            "ms",
+            "<= 2 ms",
+            shared["v1 c1"]["p99_ms"] <= 2,
+            f"p50 {shared['v1 c1']['p50_ms']:.2f} ms (--state_redis_url: a redis-server on "
+            f"loopback); in memory p50 {v1c1['p50_ms']:.2f}, p99 {v1c1['p99_ms']:.2f} ms",
+        ),
+        Figure(
+            "V1 single transaction, throughput, concurrency 4, online state in Redis",
+            shared["v1 c4"]["rps"],
+            "req/s",
+            ">= 1,500 req/s",
+            shared["v1 c4"]["rps"] >= 1500,
+            f"p99 {shared['v1 c4']['p99_ms']:.2f} ms; in memory {v1c4['rps']:,.0f} req/s "
+            "(one replica; replicas sharing Redis add throughput)",
+        ),
+        Figure(
+            "V1 batches of 1,000, throughput, online state in Redis",
+            shared["v1 batch"]["rps"] * BATCH,
+            "tx/s",
+            "",
+            None,
+            f"p50 {shared['v1 batch']['p50_ms']:.1f} ms per batch; in memory "
+            f"{tx['v1 batch']:,.0f} tx/s",
         ),
         through_routes("v1 c4", "V1 single transaction, throughput, concurrency 4"),
         through_routes("v2 c4", "V2 single transaction, throughput, concurrency 4"),

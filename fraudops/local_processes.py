@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import httpx
 
 from components.lifetime import child_env
 
-__all__ = ["LocalProcess", "ProcessFailedError", "free_port"]
+__all__ = ["LocalProcess", "ProcessFailedError", "free_port", "start_redis_server"]
 
 
 class ProcessFailedError(RuntimeError):
@@ -104,3 +105,47 @@ class LocalProcess:
                 self.proc.wait(10)
         self._out.close()
         return self.proc.returncode
+
+
+def start_redis_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A ``redis-server`` on 127.0.0.1 without persistence, for tests and benchmarks.
+
+    Args:
+        port: The port (default: a free one).
+
+    Returns:
+        The process (terminate it when done) and its URL, ``redis://127.0.0.1:<port>/0``.
+
+    Raises:
+        FileNotFoundError: no ``redis-server`` on the PATH (``apt-get install redis-server``).
+        ProcessFailedError: it did not answer ``PING`` within 10 s.
+    """
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError(
+            "redis-server is not installed: `apt-get install redis-server` (make test does)"
+        )
+    port = port or free_port()
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env(),  # dies with us
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            try:
+                client.ping()
+                return process, url
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise ProcessFailedError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+    finally:
+        client.close()

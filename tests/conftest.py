@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from components.generator import GeneratorConfig, drift_period, generate_transactions
+from fraudops import local_processes
 
 SMALL = GeneratorConfig(n_customers=300, n_terminals=600, n_days=30, seed=11)
 
@@ -80,35 +77,10 @@ def s3_env(moto_endpoint: str) -> dict[str, str]:
 def start_redis_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
     """A real ``redis-server`` on 127.0.0.1 without persistence (Debian's package, installed
     by ``make test``); skips the test with the reason when there is none."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip(
-            "redis-server is not installed: `apt-get install redis-server` (make test tries "
-            "it) or set REDIS_URL to a Redis to test against"
-        )
-    if port is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"redis-server did not start on port {port}") from None
-            time.sleep(0.05)
-    client.close()
-    return process, url
+    try:
+        return local_processes.start_redis_server(port)
+    except FileNotFoundError as e:
+        pytest.skip(f"{e}; or set REDIS_URL to a Redis to test against")
 
 
 @pytest.fixture(scope="session")
