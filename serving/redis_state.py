@@ -53,8 +53,7 @@ from redis.exceptions import (
 )
 
 from components.features.windows import MS_PER_DAY
-from components.schema import LABEL
-from serving.state import EntityRows, History, LabelsSet, StateUnavailable
+from serving.state import EntityRows, History, LabelsSet, StateUnavailable, frame_columns
 
 __all__ = ["ROW", "RedisOnlineState", "StateUnavailable", "id_digests", "namespace"]
 
@@ -459,19 +458,8 @@ class RedisOnlineState:
         self._clear()
         if frame.empty:
             return 0
-        ts = pd.to_datetime(frame["timestamp"], utc=True)
-        times = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy(
-            np.int64
-        )
-        labels = (
-            pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64)
-            if LABEL in frame.columns
-            else np.full(len(frame), np.nan)
-        )
-        ids = id_digests(
-            frame["transaction_id"].astype(str).tolist() if "transaction_id" in frame else None,
-            len(frame),
-        )
+        times, labels, transaction_ids = frame_columns(frame)
+        ids = id_digests(transaction_ids, len(frame))
         watermark = int(times.max())
         floor = watermark - self.retention_ms
         p = self.prefix
@@ -522,22 +510,14 @@ class RedisOnlineState:
         added them already. Returns the number of rows read."""
         if frame.empty:
             return 0
-        ts = pd.to_datetime(frame["timestamp"], utc=True)
-        times = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy(
-            np.int64
-        )
-        labels = (
-            pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64)
-            if LABEL in frame.columns
-            else None
-        )
+        times, labels, transaction_ids = frame_columns(frame)
         columns = (
             frame["customer_id"].astype(str).tolist(),
             frame["terminal_id"].astype(str).tolist(),
             times,
             frame["amount"].to_numpy(np.float64),
             labels,
-            frame["transaction_id"].astype(str).tolist() if "transaction_id" in frame else None,
+            transaction_ids,
         )
         for start in range(0, len(frame), CHUNK):
             at = slice(start, start + CHUNK)

@@ -116,6 +116,25 @@ class OnlineState(Protocol):
         ...
 
 
+def frame_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """What a state keeps of a frame of transactions (a snapshot, a replayed log) besides the
+    entity ids and the amounts.
+
+    Returns:
+        The times in epoch ms (int64), the labels (float64, NaN where not known: all of them
+        without an ``is_fraud`` column) and the transaction ids as text (None without them).
+    """
+    ts = pd.to_datetime(frame["timestamp"], utc=True)
+    times = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy(np.int64)
+    labels = (
+        pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64)
+        if LABEL in frame.columns
+        else np.full(len(frame), np.nan)
+    )
+    ids = frame["transaction_id"].astype(str).tolist() if "transaction_id" in frame else None
+    return times, labels, ids
+
+
 NO_ID = -1
 """The id hash of a row whose transaction id is not known (``hash`` of a str is never -1)."""
 
@@ -420,23 +439,8 @@ class InMemoryOnlineState:
         """
         if frame.empty:
             return 0
-        ts = pd.to_datetime(frame["timestamp"], utc=True)
-        time_ms = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
-        labels = (
-            pd.to_numeric(frame[LABEL], errors="coerce").to_numpy(np.float64)
-            if LABEL in frame.columns
-            else None
-        )
-        times = time_ms.to_numpy(np.int64)
-        if labels is None:
-            labels = np.full(len(frame), np.nan)
-        hashes = np.array(
-            id_hashes(
-                frame["transaction_id"].astype(str) if "transaction_id" in frame else None,
-                len(frame),
-            ),
-            np.int64,
-        )
+        times, labels, transaction_ids = frame_columns(frame)
+        hashes = np.array(id_hashes(transaction_ids, len(frame)), np.int64)
         self.watermark_ms = max(self.watermark_ms, int(times.max()))
         for table, ids, values in (
             (self.customers, frame["customer_id"], frame["amount"].to_numpy(np.float64)),
