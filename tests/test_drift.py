@@ -118,6 +118,7 @@ def test_small_windows_are_not_judged(world, tmp_path):
     assert "minimum 1000" in run.summary["reasons"][0]
 
 
+@pytest.mark.slow  # a kfp.local training run (about 50 s); the demo test retrains on drift
 def test_drift_triggers_local_retraining_then_the_cooldown_holds(world, tmp_path):
     store = open_store(world["store"])
     # the newest data: the history, then four weeks of the changed behaviour

@@ -148,6 +148,7 @@ def test_pipeline_under_kfp_local_registers_in_s3_and_refuses_a_worse_challenger
     assert [e["outcome"]["version"] for e in read_audit(store, "register")] == ["v1"]
 
 
+@pytest.mark.slow  # two whole training runs (about 70 s); `make test-all` runs it
 def test_same_data_and_seed_same_metrics_and_scores_match_the_evaluation(
     training_file, tmp_path, training_steps
 ):
