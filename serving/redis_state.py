@@ -316,6 +316,7 @@ class RedisOnlineState:
         self._seeded, self._lock = p + "seeded", p + "seeding"
         self._append = self.redis.register_script(_APPEND)
         self._set_labels = self.redis.register_script(_SET_LABELS)
+        self._stats_read = -1.0
         self._stats: dict[str, int] = dict.fromkeys(
             ("customers", "terminals", "customer_rows", "terminal_rows"), 0
         )
@@ -357,6 +358,7 @@ class RedisOnlineState:
         keys = [*self._meta, self._seeded]
         keys += [p + "c:" + c for c in customer_ids]
         keys += [p + "t:" + t for t in terminal_ids]
+        self._stats_read = -1.0  # the sizes change: read them again
         try:
             return int(self._append(keys=keys, args=args))
         except RedisError as e:
@@ -390,7 +392,10 @@ class RedisOnlineState:
 
     def stats(self) -> dict[str, int]:
         """Sizes for metrics; the last ones read when Redis cannot be reached (a scrape must
-        not fail for it)."""
+        not fail for it), or when read less than a second ago and not changed here since (a
+        scrape asks four times)."""
+        if time.monotonic() - self._stats_read < 1.0:
+            return dict(self._stats)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zcard(self._meta[1]).zcard(self._meta[2])
@@ -398,6 +403,7 @@ class RedisOnlineState:
                 customers, terminals, c_rows, t_rows = pipe.execute()
         except RedisError:
             return dict(self._stats)
+        self._stats_read = time.monotonic()
         self._stats = {
             "customers": int(customers),
             "terminals": int(terminals),
