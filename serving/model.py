@@ -262,6 +262,8 @@ class FraudDetector(Model):
                 return
             self._reseeding = True
         log.error("%s; loading the bundle again to seed it", reason)
+        if self.metrics is not None:
+            self.metrics.model_ready.labels(self.name).set(0)
         self.ready = False
         self.load_error = reason
         self.state = None  # the next load makes, seeds and follows a new one
@@ -334,11 +336,28 @@ class FraudDetector(Model):
         the first replica of the version), then the inference log replayed into it."""
         config = self.config
         days = bundle.spec().history_days + config.state_slack_days
+        follower = None
+        if self.state_log_store is not None:
+            after = pd.to_datetime(history["timestamp"], utc=True).max() if len(history) else None
+            follower = LogFollower(self.state_log_store, self.name, bundle.version, after)
         fresh: InMemoryOnlineState | RedisOnlineState
+        replayed = 0
         try:
             if config.state_redis_url:
-                fresh = RedisOnlineState(config.state_redis_url, self.name, bundle.version, days)
-                seeded = fresh.seed(history)
+                try:
+                    fresh = RedisOnlineState(
+                        config.state_redis_url, self.name, bundle.version, days
+                    )
+                except ValueError as e:
+                    raise ModelMissingError(f"--state_redis_url: {e}") from e
+
+                def replay() -> None:  # by the seeding replica, before the state is marked
+                    nonlocal replayed
+                    replayed = self._replay(fresh, follower, days)
+
+                seeded = fresh.seed(history, then=replay)
+                if not seeded:  # the seeding replica replayed the log, the others follow it
+                    self._skip_logged(follower)
             else:
                 fresh = InMemoryOnlineState(days)
                 seeded = fresh.load_frame(history) if len(history) else 0
@@ -349,14 +368,8 @@ class FraudDetector(Model):
                 f"the bundle's online/snapshot.parquet from {self.source.uri} cannot seed "
                 f"the online state: {type(e).__name__}: {e}"
             ) from e
-        follower = None
-        if self.state_log_store is not None:
-            after = pd.to_datetime(history["timestamp"], utc=True).max() if len(history) else None
-            follower = LogFollower(self.state_log_store, self.name, bundle.version, after)
-        try:
+        if isinstance(fresh, InMemoryOnlineState):
             replayed = self._replay(fresh, follower, days)
-        except StateUnavailable as e:
-            raise ModelMissingError(str(e)) from e
         log.info(
             "online state%s: %d snapshot row(s)%s, %d replayed from the inference log",
             f" in Redis at {fresh.url}" if isinstance(fresh, RedisOnlineState) else "",
@@ -365,6 +378,16 @@ class FraudDetector(Model):
             replayed,
         )
         return fresh, follower
+
+    @staticmethod
+    def _skip_logged(follower: LogFollower | None) -> None:
+        """Follow only what is logged from now on (what was logged before is in the state)."""
+        if follower is None:
+            return
+        try:
+            follower.skip_existing()
+        except Exception as e:  # the follower's first poll then reads today's batches again
+            log.warning("cannot list the inference log (%s: %s)", type(e).__name__, e)
 
     def _start_writer(self) -> None:
         if self.log_store is None or self.writer is not None:

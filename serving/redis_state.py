@@ -37,9 +37,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,8 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from components.features.windows import MS_PER_DAY
 from serving.state import EntityRows, History, LabelsSet, StateUnavailable, frame_columns
@@ -65,8 +68,14 @@ NO_ID = b"\0" * 8
 """The id of a row whose transaction id is not known."""
 CHUNK = 1_000
 """Rows per script or pipeline while seeding and replaying (a few ms of Redis each)."""
-SEED_LOCK_SECONDS = 600
-"""How long a seeding replica holds the lock (a replica that dies while seeding frees it)."""
+SEED_LOCK_SECONDS = 30
+"""The seeding lock's time to live, renewed by the seeding replica at every chunk: a replica
+that dies while seeding frees it within this."""
+SEED_WAIT_SECONDS = 600
+"""How long a replica waits for another one's seeding before its load fails (and is retried)."""
+BREAK_SECONDS = 1.0
+"""After Redis failed to answer, requests are refused at once for this long: a Redis that hangs
+must not hold the event loop (and the liveness probe) for a timeout per request."""
 
 _LUA_COMMON = """
 local W = 24
@@ -184,6 +193,11 @@ end
 return repeated
 """
 )
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 _SET_LABELS = (
     _LUA_COMMON
@@ -309,13 +323,20 @@ class RedisOnlineState:
         self.slack_ms = self.retention_ms // 16
         self.sweep_per_append = sweep_per_append
         self.redis = client or redis.Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30
+            url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=30
         )
         p = self.prefix
         self._meta = [p + k for k in ("watermark", "idx:c", "idx:t", "rows:c", "rows:t")]
         self._seeded, self._lock = p + "seeded", p + "seeding"
+        # the key whose absence stops a change: the seeded mark, or this replica's lock while
+        # it seeds (its replay is written before the mark)
+        self._guard = self._seeded
+        self._token: str | None = None
         self._append = self.redis.register_script(_APPEND)
         self._set_labels = self.redis.register_script(_SET_LABELS)
+        self._renew = self.redis.register_script(_RENEW)
+        self._broken_until = 0.0
+        self._broken: StateUnavailable | None = None
         self._stats_read = -1.0
         self._stats: dict[str, int] = dict.fromkeys(
             ("customers", "terminals", "customer_rows", "terminal_rows"), 0
@@ -323,14 +344,25 @@ class RedisOnlineState:
 
     # -- the request path -------------------------------------------------------------------
 
+    def _check_breaker(self) -> None:
+        if self._broken is not None and time.monotonic() < self._broken_until:
+            raise StateUnavailable(f"{self._broken} (tried again within {BREAK_SECONDS:g} s)")
+
+    def _failed(self, e: RedisError) -> StateUnavailable:
+        failure = _unavailable(e, self.url)
+        if isinstance(e, RedisConnectionError | RedisTimeoutError):  # down or hanging, not refusing
+            self._broken, self._broken_until = failure, time.monotonic() + BREAK_SECONDS
+        return failure
+
     def history_for(self, customer_ids: Sequence[str], terminal_ids: Sequence[str]) -> History:
         p = self.prefix
         keys = [self._seeded, *(p + "c:" + c for c in customer_ids)]
         keys += [p + "t:" + t for t in terminal_ids]
+        self._check_breaker()
         try:
             values = self.redis.mget(keys)
         except RedisError as e:
-            raise _unavailable(e, self.url) from e
+            raise self._failed(e) from e
         if values[0] is None:
             raise _unavailable(ResponseError("NOTSEEDED"), self.url)
         k = len(customer_ids)
@@ -346,6 +378,18 @@ class RedisOnlineState:
         transaction_ids: Sequence[str] | None = None,
     ) -> int:
         n = len(customer_ids)
+        if n > CHUNK:  # one script at a time holds Redis: a few ms each, not one long hold
+            return sum(
+                self.append(
+                    customer_ids[k : k + CHUNK],
+                    terminal_ids[k : k + CHUNK],
+                    time_ms[k : k + CHUNK],
+                    amount[k : k + CHUNK],
+                    None if label is None else label[k : k + CHUNK],
+                    None if transaction_ids is None else transaction_ids[k : k + CHUNK],
+                )
+                for k in range(0, n, CHUNK)
+            )
         if n == 0:
             return 0
         ids = id_digests(transaction_ids, n)
@@ -355,14 +399,15 @@ class RedisOnlineState:
         args = [self.retention_ms, self.slack_ms, self.sweep_per_append, n, self.prefix]
         args += [customers, terminals]
         p = self.prefix
-        keys = [*self._meta, self._seeded]
+        keys = [*self._meta, self._guard]
         keys += [p + "c:" + c for c in customer_ids]
         keys += [p + "t:" + t for t in terminal_ids]
         self._stats_read = -1.0  # the sizes change: read them again
+        self._check_breaker()
         try:
             return int(self._append(keys=keys, args=args))
         except RedisError as e:
-            raise _unavailable(e, self.url) from e
+            raise self._failed(e) from e
 
     def set_labels(
         self,
@@ -383,25 +428,28 @@ class RedisOnlineState:
             strict=True,
         ):
             args += [t, value.tobytes(), id_]
-        keys = [self._seeded, *(self.prefix + "t:" + t for t in terminal_ids)]
+        keys = [self._guard, *(self.prefix + "t:" + t for t in terminal_ids)]
+        self._check_breaker()
         try:
             changed, unchanged, not_found = self._set_labels(keys=keys, args=args)
         except RedisError as e:
-            raise _unavailable(e, self.url) from e
+            raise self._failed(e) from e
         return LabelsSet(int(changed), int(unchanged), int(not_found))
 
     def stats(self) -> dict[str, int]:
         """Sizes for metrics; the last ones read when Redis cannot be reached (a scrape must
         not fail for it), or when read less than a second ago and not changed here since (a
         scrape asks four times)."""
-        if time.monotonic() - self._stats_read < 1.0:
+        now = time.monotonic()
+        if now - self._stats_read < 1.0 or (self._broken is not None and now < self._broken_until):
             return dict(self._stats)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zcard(self._meta[1]).zcard(self._meta[2])
                 pipe.get(self._meta[3]).get(self._meta[4])
                 customers, terminals, c_rows, t_rows = pipe.execute()
-        except RedisError:
+        except RedisError as e:
+            self._failed(e)
             return dict(self._stats)
         self._stats_read = time.monotonic()
         self._stats = {
@@ -414,51 +462,92 @@ class RedisOnlineState:
 
     # -- seeding and replay -----------------------------------------------------------------
 
-    def seed(self, frame: pd.DataFrame, wait_seconds: float = SEED_LOCK_SECONDS) -> int:
+    def seed(
+        self,
+        frame: pd.DataFrame,
+        then: Callable[[], object] | None = None,
+        wait_seconds: float = SEED_WAIT_SECONDS,
+    ) -> int:
         """Seed this version's state from the bundle's snapshot, once for all replicas.
 
-        The first replica takes a lock, clears what a replica that died while seeding left,
-        writes every row and marks the state seeded; the others wait for the mark.
+        The first replica takes a lock (renewed while it works), clears what a replica that
+        died while seeding left, writes every row, runs ``then`` (the inference-log replay)
+        and only then marks the state seeded: no replica scores on the snapshot alone. The
+        others wait for the mark.
 
         Args:
             frame: The snapshot (as :meth:`InMemoryOnlineState.load_frame` reads it).
+            then: Called by the seeding replica before the mark, e.g. to replay the log.
             wait_seconds: How long to wait for another replica's seeding.
 
         Returns:
             The rows this replica wrote (0: seeded already, by another replica or before).
 
         Raises:
-            StateUnavailable: Redis cannot be reached, or another replica's seeding did not
-                finish in ``wait_seconds``.
+            StateUnavailable: Redis cannot be reached or evicts keys, this replica lost its
+                lock, or another replica's seeding did not finish in ``wait_seconds``.
         """
         token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         deadline = time.monotonic() + wait_seconds
+        waiting_for = None
         try:
+            self._check_eviction()
             while True:
                 if self.redis.exists(self._seeded):
                     return 0
                 if self.redis.set(self._lock, token, nx=True, ex=SEED_LOCK_SECONDS):
                     break
+                holder = self.redis.get(self._lock)
+                if holder is not None and holder != waiting_for:
+                    waiting_for = holder
+                    log.info("waiting for %s to seed the online state in Redis", holder.decode())
                 if time.monotonic() > deadline:
-                    holder = self.redis.get(self._lock)
                     raise StateUnavailable(
                         f"the online state in Redis at {self.url} is being seeded by "
                         f"{holder!r} for more than {wait_seconds:g} s; check that replica's "
                         f"log, or delete the key {self._lock!r} if it is gone"
                     )
                 time.sleep(0.2)
+            self._guard, self._token = self._lock, token
             try:
                 written = self._write_seed(frame)
+                if then is not None:
+                    then()
+                self._hold()
                 self.redis.set(
                     self._seeded,
                     json.dumps({"by": token, "rows": written, "at": datetime.now(UTC).isoformat()}),
                 )
             finally:
+                self._guard, self._token = self._seeded, None
                 if self.redis.get(self._lock) == token.encode():
                     self.redis.delete(self._lock)
         except RedisError as e:
             raise _unavailable(e, self.url) from e
         return written
+
+    def _hold(self) -> None:
+        """Renew this replica's seeding lock, or stop: another replica may be seeding now."""
+        if self._token is not None and not self._renew(
+            keys=[self._lock], args=[self._token, SEED_LOCK_SECONDS]
+        ):
+            raise StateUnavailable(
+                f"this replica lost its lock on seeding the online state in Redis at {self.url} "
+                f"(a pause over {SEED_LOCK_SECONDS} s?); the load is tried again"
+            )
+
+    def _check_eviction(self) -> None:
+        """Refuse a Redis that evicts keys of any kind: rows would vanish without an error."""
+        try:
+            policy = self.redis.info("memory").get("maxmemory_policy", "")
+        except ResponseError:  # INFO not allowed to this user: cannot tell
+            return
+        if str(policy).startswith("allkeys"):
+            raise StateUnavailable(
+                f"Redis at {self.url} evicts keys when full (maxmemory-policy {policy}): rows of "
+                "the online state would vanish and the features silently change; set "
+                "maxmemory-policy noeviction (or a volatile-* policy) and enough maxmemory"
+            )
 
     def _write_seed(self, frame: pd.DataFrame) -> int:
         self._clear()
@@ -492,6 +581,7 @@ class RedisOnlineState:
                     oldest[entity] = int(part["time"][0])
                     kept += len(part)
                     if len(pipe) >= CHUNK:
+                        self._hold()
                         pipe.execute()
                 items = list(oldest.items())
                 for start in range(0, len(items), CHUNK):
@@ -527,6 +617,7 @@ class RedisOnlineState:
         )
         for start in range(0, len(frame), CHUNK):
             at = slice(start, start + CHUNK)
+            self._hold()
             self.append(*(None if c is None else c[at] for c in columns))
         return len(frame)
 
@@ -549,8 +640,16 @@ def _glob_escape(text: str) -> str:
 
 
 def _without_password(url: str) -> str:
-    """The URL as logs and error messages may show it."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+    """The URL as logs and error messages may show it (no password, in either form redis-py
+    reads: ``user:password@`` or ``?password=``)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = urlencode(
+        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
+        safe="*",
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

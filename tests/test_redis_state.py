@@ -5,7 +5,9 @@ errors when Redis is gone. The feature-level tests run on both states in
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -245,3 +247,92 @@ def test_wrong_credentials_and_a_full_redis_say_what_to_fix():
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_the_seeding_replica_replays_before_any_replica_may_score(redis_url):
+    """A replica reading the state while another seeds it gets 'not seeded' (503), never the
+    snapshot without the replayed log; the seeding replica's replay is written meanwhile."""
+    version = uuid.uuid4().hex
+    seeder, other = (_redis_state(redis_url, version, days=31) for _ in range(2))
+    seen = {}
+
+    def replay() -> None:
+        seeder.append(["c1"], ["t1"], np.array([DAY]), np.ones(1), None, ["logged"])
+        with pytest.raises(StateUnavailable) as caught:
+            other.history_for(["c1"], ["t1"])
+        seen["lost"] = caught.value.lost
+
+    assert seeder.seed(pd.DataFrame(), then=replay) == 0 and seen == {"lost": True}
+    assert other.history_for(["c1"], ["t1"]).customers.time_ms.tolist() == [DAY]
+    seeder._clear()
+    for state in (seeder, other):
+        state.close()
+
+
+def test_a_seeding_replica_that_lost_its_lock_stops_before_marking(redis_url, monkeypatch):
+    state = _redis_state(redis_url, days=31)
+
+    def steal() -> None:  # another replica took over after this one's lock expired
+        state.redis.set(state.prefix + "seeding", "someone-else")
+
+    with pytest.raises(StateUnavailable, match="lost its lock on seeding"):
+        state.seed(pd.DataFrame(), then=steal)
+    assert not state.redis.exists(state.prefix + "seeded")
+    assert state.redis.get(state.prefix + "seeding") == b"someone-else"  # theirs, kept
+    state._clear()
+    state.close()
+
+
+def test_a_redis_that_evicts_any_key_is_refused(redis_url):
+    state = _redis_state(redis_url)
+    state.redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(StateUnavailable, match=r"evicts keys .* noeviction"):
+            state.seed(pd.DataFrame())
+    finally:
+        state.redis.config_set("maxmemory-policy", "noeviction")
+    assert state.seed(pd.DataFrame()) == 0 and state.redis.exists(state.prefix + "seeded")
+    state._clear()
+    state.close()
+
+
+def test_a_hanging_redis_holds_one_request_then_refuses_at_once_for_a_second():
+    process, url = start_redis_server()
+    state = RedisOnlineState(url, "tests", "v1", 31)
+    state.seed(pd.DataFrame())
+    process.send_signal(signal.SIGSTOP)  # up, but answering nothing
+    try:
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="TimeoutError"):
+            state.history_for(["c1"], ["t1"])
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(StateUnavailable, match="tried again within 1 s"):
+                state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
+        assert state.stats()["customer_rows"] == 0  # the last read, at once
+        assert time.monotonic() - started < 0.1 < first
+    finally:
+        process.send_signal(signal.SIGCONT)
+    time.sleep(1.1)
+    assert state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)) == 0  # back
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw1@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:pw1@host:6379/0", "redis://user:***@host:6379/0"),
+        ("rediss://host:6380/0?password=pw1&ssl_cert_reqs=none", None),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_urls_are_shown_without_their_password(url, shown):
+    text = RedisOnlineState(url, "m", "v1", 31).url
+    assert "pw1" not in text
+    if shown is not None:
+        assert text == shown
+    else:
+        assert "password=***" in text and "ssl_cert_reqs=none" in text

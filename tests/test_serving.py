@@ -1043,7 +1043,9 @@ def test_two_replicas_sharing_redis_score_as_one_server_and_say_when_redis_is_go
         logs = [r.log.read_text(errors="replace") for r in replicas]
         seeded = [text.count("snapshot row(s), ") for text in logs]
         again = [text.count("(seeded already)") for text in logs]
-        assert sum(seeded) == sum(again) == 2  # at start and again: one seeds, one waits
+        # at start one seeds and the other waits; after the loss one seeds again, and the other
+        # waits too or, asked only once it is done, finds it seeded and goes on
+        assert sum(seeded) == 2 and sum(again) in (1, 2)
         assert all("Traceback" not in text for text in logs)  # a 503 is not a crash
     finally:
         for replica in replicas:
