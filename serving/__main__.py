@@ -30,7 +30,7 @@ from components.lifetime import die_with_parent
 from serving.load_retry import LoadRetry, check_interval
 from serving.log_follow import check_follow_interval
 
-__all__ = ["LocalModelServer", "build_parser", "main"]
+__all__ = ["LocalModelServer", "build_parser", "check_redis_url", "main"]
 
 log = logging.getLogger("fraudops.serving")
 
@@ -84,6 +84,24 @@ def _skip_timing_middleware() -> None:
 
     add_without_timing.fraudops_skips_timing = True
     server.RESTServer._add_middlewares = add_without_timing
+
+
+def check_redis_url(url: str) -> str | None:
+    """What is wrong with ``--state_redis_url`` (``None``: fine, or not set)."""
+    if not url:
+        return None
+    from redis.connection import parse_url
+
+    from serving.redis_state import without_password
+
+    try:
+        parse_url(url)
+    except ValueError as e:
+        return (
+            f"--state_redis_url {without_password(url)!r}: {e} (expected "
+            "redis://[user:password@]host:6379/0, or rediss:// for TLS)"
+        )
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers,
         )
         return 2
-    problem = check_interval(args.load_retry_seconds) or check_follow_interval(
-        args.follow_log_seconds
+    problem = (
+        check_interval(args.load_retry_seconds)
+        or check_follow_interval(args.follow_log_seconds)
+        or check_redis_url(args.state_redis_url)
     )
     if problem:
         log.error("%s", problem)

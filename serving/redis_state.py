@@ -58,7 +58,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from components.features.windows import MS_PER_DAY
 from serving.state import EntityRows, History, LabelsSet, StateUnavailable, frame_columns
 
-__all__ = ["ROW", "RedisOnlineState", "StateUnavailable", "id_digests", "namespace"]
+__all__ = [
+    "ROW",
+    "RedisOnlineState",
+    "StateUnavailable",
+    "id_digests",
+    "namespace",
+    "without_password",
+]
 
 log = logging.getLogger("fraudops.serving")
 
@@ -316,7 +323,7 @@ class RedisOnlineState:
         sweep_per_append: int = 8,
         client: redis.Redis | None = None,
     ) -> None:
-        self.url = _without_password(url)
+        self.url = without_password(url)
         self.model, self.version = model, version
         self.prefix = namespace(model, version)
         self.retention_ms = int(retention_days * MS_PER_DAY)
@@ -639,7 +646,7 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     """The URL as logs and error messages may show it (no password, in either form redis-py
     reads: ``user:password@`` or ``?password=``)."""
     parts = urlsplit(url)

@@ -336,3 +336,24 @@ def test_urls_are_shown_without_their_password(url, shown):
         assert text == shown
     else:
         assert "password=***" in text and "ssl_cert_reqs=none" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("", None),
+        ("redis://:pw1@redis.example.com:6379/0", None),
+        ("rediss://redis.example.com:6380/0", None),
+        ("http://redis:6379/0", "must specify one of the following schemes"),
+        ("redis://:pw1@redis:notaport/0", "Port could not be cast"),
+    ],
+)
+def test_python_m_serving_refuses_a_malformed_redis_url_naming_the_option(url, problem):
+    from serving.__main__ import check_redis_url
+
+    found = check_redis_url(url)
+    if problem is None:
+        assert found is None
+    else:
+        assert found.startswith("--state_redis_url ") and problem in found
+        assert "pw1" not in found and "redis://[user:password@]host:6379/0" in found
