@@ -7,8 +7,8 @@ windows. It keeps the rows exactly as :class:`~serving.state.InMemoryOnlineState
 runs the same operations on both and compares), so the features do not depend on the state
 behind them.
 
-Layout, under the prefix ``fraudops:{<model>/<version>}:`` (one hash tag: one slot of a Redis
-Cluster, so a script may touch every key of a version):
+Layout, under the prefix ``fraudops:{<model>/<version>}:`` (one hash tag: the keys of a version
+would share one Redis Cluster slot, though this client is for a standalone Redis):
 
 - ``c:<customer_id>``, ``t:<terminal_id>``: the entity's rows sorted by time, 24 bytes each
   (time in ms as a big-endian unsigned integer, the value as a little-endian double, and
@@ -25,7 +25,8 @@ Every change is one Lua script, atomic in Redis: two replicas that add the same 
 (a retry on each, or both following another version's log) add it once; a late label finds
 its row while other replicas append. A Redis that cannot be reached, or that lost the data
 (restarted without persistence: no ``seeded`` key), raises :class:`StateUnavailable`; the
-server answers 503 with the reason, never 500, and never scores on an empty history.
+server answers 503 with the reason, never 500, and never scores on an empty history (nor on
+a snapshot whose logged traffic is not replayed yet: the mark comes after the replay).
 """
 
 from __future__ import annotations
