@@ -18,6 +18,7 @@ from fraudops import (
     cli_pipeline,
     cli_rollout,
     cli_serve,
+    cli_state,
     cli_train,
 )
 from fraudops.demo import SCALES
@@ -42,6 +43,7 @@ app.add_typer(drift_job.app, name="drift")
 app.add_typer(labels_job.app, name="labels")
 app.add_typer(alerts_job.app, name="alerts")
 app.add_typer(cli_rollout.app, name="rollout")
+app.add_typer(cli_state.app, name="state")
 console = Console()
 
 

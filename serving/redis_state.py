@@ -63,8 +63,10 @@ __all__ = [
     "ROW",
     "RedisOnlineState",
     "StateUnavailable",
+    "drop_version",
     "id_digests",
     "namespace",
+    "stored_versions",
     "without_password",
 ]
 
@@ -632,6 +634,46 @@ class RedisOnlineState:
     def close(self) -> None:
         """Close the connections."""
         self.redis.close()
+
+
+def stored_versions(client: redis.Redis, model: str) -> list[dict[str, Any]]:
+    """The versions of ``model`` that have an online state in this Redis.
+
+    Returns:
+        Per version: ``version``, ``seeded`` (the mark's JSON, None while being seeded or
+        after a failed seeding), ``customers``, ``terminals``, ``rows`` (customer rows) and
+        ``keys``.
+    """
+    pattern = _glob_escape(f"fraudops:{{{model}/") + "*"
+    versions: dict[str, int] = {}
+    for key in client.scan_iter(match=pattern, count=1_000):
+        version = key.decode().split("/", 1)[1].rsplit("}:", 1)[0]
+        versions[version] = versions.get(version, 0) + 1
+    out = []
+    for version, keys in sorted(versions.items()):
+        p = namespace(model, version)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(p + "seeded").zcard(p + "idx:c").zcard(p + "idx:t").get(p + "rows:c")
+            seeded, customers, terminals, rows = pipe.execute()
+        out.append(
+            {
+                "version": version,
+                "seeded": None if seeded is None else json.loads(seeded),
+                "customers": int(customers),
+                "terminals": int(terminals),
+                "rows": int(rows or 0),
+                "keys": keys,
+            }
+        )
+    return out
+
+
+def drop_version(client: redis.Redis, model: str, version: str) -> int:
+    """Delete the online state of one version (a retired one); returns the keys deleted."""
+    keys = list(client.scan_iter(match=_glob_escape(namespace(model, version)) + "*", count=1_000))
+    for start in range(0, len(keys), CHUNK):
+        client.delete(*keys[start : start + CHUNK])
+    return len(keys)
 
 
 def _entity_rows(values: list[bytes | None]) -> EntityRows:

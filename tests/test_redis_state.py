@@ -18,7 +18,7 @@ from conftest import start_redis_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.redis_state import RedisOnlineState, StateUnavailable
+from serving.redis_state import RedisOnlineState, StateUnavailable, drop_version, stored_versions
 from serving.state import InMemoryOnlineState
 
 DAY = 86_400_000
@@ -357,3 +357,43 @@ def test_python_m_serving_refuses_a_malformed_redis_url_naming_the_option(url, p
     else:
         assert found.startswith("--state_redis_url ") and problem in found
         assert "pw1" not in found and "redis://[user:password@]host:6379/0" in found
+
+
+def test_fraudops_state_lists_versions_and_drops_only_a_retired_one(redis_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from components.store import LocalStore
+    from fraudops.cli import app
+
+    model = f"m{uuid.uuid4().hex[:6]}"
+    store = LocalStore(tmp_path / "store")
+    store.put_json(f"models/{model}/aliases/champion.json", {"version": "v1"})
+    frame = pd.DataFrame(
+        {
+            "transaction_id": ["a", "b"],
+            "timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True),
+            "customer_id": ["c1", "c2"],
+            "terminal_id": ["t1", "t1"],
+            "amount": [1.0, 2.0],
+        }
+    )
+    for name, version in ((model, "v1"), (model, "v2"), (f"{model}-other", "v2")):
+        RedisOnlineState(redis_url, name, version, 31).seed(frame)
+    runner = CliRunner()
+    common = ["--redis-url", redis_url]
+    listed = runner.invoke(app, ["state", "list", model, *common])
+    assert listed.exit_code == 0, listed.output
+    assert "v1" in listed.output and "v2" in listed.output and "other" not in listed.output
+    refused = runner.invoke(
+        app, ["state", "drop", "v1", "--model", model, *common, "--store", str(tmp_path / "store")]
+    )
+    assert refused.exit_code == 2 and "is the champion" in refused.output
+    dropped = runner.invoke(
+        app, ["state", "drop", "v2", "--model", model, *common, "--store", str(tmp_path / "store")]
+    )
+    assert dropped.exit_code == 0 and "deleted 9 key(s)" in dropped.output, dropped.output
+    client = redis.Redis.from_url(redis_url)
+    assert [v["version"] for v in stored_versions(client, model)] == ["v1"]
+    assert stored_versions(client, f"{model}-other")[0]["rows"] == 2  # another model: kept
+    for name, version in ((model, "v1"), (f"{model}-other", "v2")):
+        drop_version(client, name, version)
