@@ -12,8 +12,9 @@ would share one Redis Cluster slot, though this client is for a standalone Redis
 
 - ``c:<customer_id>``, ``t:<terminal_id>``: the entity's rows sorted by time, 24 bytes each
   (time in ms as a big-endian unsigned integer, the value as a little-endian double, and
-  8 bytes of BLAKE2b of the transaction id, zeros when not known). A request reads all its
-  entities with one ``MGET`` and numpy views the bytes without a loop over rows.
+  8 bytes of BLAKE2b of the transaction id, zeros when not known). A request's entities are
+  read and its transactions added in one atomic step (one round trip), so replicas score as
+  one server would; numpy views the bytes without a loop over rows.
 - ``idx:c``, ``idx:t``: sorted sets, entity -> time of its oldest row (each append cuts the
   rows past the retention of the few entities whose oldest row is due, as the in-memory
   state does); ``rows:c``, ``rows:t``: row counters (metrics); ``watermark``: the newest
@@ -40,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -49,6 +50,7 @@ import redis
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    NoScriptError,
     OutOfMemoryError,
     RedisError,
     ResponseError,
@@ -57,7 +59,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from components.features.windows import MS_PER_DAY
-from serving.state import EntityRows, History, LabelsSet, StateUnavailable, frame_columns
+from serving.state import (
+    EntityRows,
+    History,
+    LabelsSet,
+    StateUnavailable,
+    frame_columns,
+    read_score_append,
+)
 
 __all__ = [
     "ROW",
@@ -72,6 +81,8 @@ __all__ = [
 
 log = logging.getLogger("fraudops.serving")
 
+R = TypeVar("R")
+
 ROW = np.dtype([("time", ">u8"), ("value", "<f8"), ("id", "S8")])
 """One row as stored: 24 bytes."""
 NO_ID = b"\0" * 8
@@ -83,6 +94,9 @@ SEED_LOCK_SECONDS = 30
 that dies while seeding frees it within this."""
 SEED_WAIT_SECONDS = 600
 """How long a replica waits for another one's seeding before its load fails (and is retried)."""
+READ_IN_SCRIPT = 64
+"""A request whose customers and terminals are at most this many keys has them read by the
+append script itself; a larger one by an ``MGET`` beside it (see ``_read_and_append``)."""
 BREAK_SECONDS = 1.0
 """After Redis failed to answer, requests are refused at once for this long: a Redis that hangs
 must not hold the event loop (and the liveness probe) for a timeout per request."""
@@ -116,14 +130,19 @@ end
 _APPEND = (
     _LUA_COMMON
     + """
--- KEYS: watermark, idx:c, idx:t, rows:c, rows:t, seeded, then n customer and n terminal keys
+-- KEYS: watermark, idx:c, idx:t, rows:c, rows:t, seeded, then n customer and n terminal keys,
+--       then r entity keys to read
 -- ARGV: retention_ms, slack_ms, sweep, n, prefix, the n customer rows, the n terminal rows
---       (each n * W bytes; a row holds its time and its transaction's id)
+--       (each n * W bytes; a row holds its time and its transaction's id), r
+-- returns: the positions (from 0) of the transactions there already, and the r entities'
+--          rows as they were before (a request's history: read and added in one step)
 if redis.call('EXISTS', KEYS[6]) == 0 then
   return redis.error_reply('NOTSEEDED the online state of this version is not seeded')
 end
 local retention, slack, sweep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local n, prefix, customer_rows, terminal_rows = tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local read = {}
+for i = 1, tonumber(ARGV[8]) do read[i] = redis.call('GET', KEYS[6 + 2 * n + i]) or '' end
 local watermark = tonumber(redis.call('GET', KEYS[1]) or '0')
 for i = 0, n - 1 do
   local t = t_at(customer_rows, i)
@@ -165,7 +184,7 @@ local function add(key, tbl, entity, t, row, id, once)
   return true
 end
 
-local repeated = 0
+local repeated = {}
 for i = 0, n - 1 do
   local customer, terminal = KEYS[7 + i], KEYS[7 + n + i]
   local row = string.sub(customer_rows, i * W + 1, (i + 1) * W)
@@ -174,7 +193,7 @@ for i = 0, n - 1 do
     add(terminal, 2, string.sub(terminal, #prefix + 3), t,
       string.sub(terminal_rows, i * W + 1, (i + 1) * W), id, false)
   else
-    repeated = repeated + 1
+    table.insert(repeated, i)
   end
 end
 
@@ -200,7 +219,48 @@ for tbl, kind in ipairs({'c', 't'}) do
   end
   if delta[tbl] ~= 0 then redis.call('INCRBY', counter, delta[tbl]) end
 end
-return repeated
+return {repeated, read}
+"""
+)
+
+_REMOVE = (
+    _LUA_COMMON
+    + """
+-- KEYS: idx:c, idx:t, rows:c, rows:t, then n customer and n terminal keys
+-- ARGV: n, prefix, the n rows (W bytes each: time and id) to take out of both
+-- takes out the row of each transaction (its time and id) that an append added: a request
+-- that was refused after its history was read and its transactions added in one step. Rows
+-- of unknown id (NO_ID) at one instant are told apart by order only (the request path always
+-- knows the ids)
+local n, prefix, rows = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local removed = 0
+local function remove(key, tbl, t, id)
+  local v = redis.call('GET', key)
+  if not v then return end
+  local n_rows = #v / W
+  -- the last such row: an append puts a row after the others of its instant
+  for i = first_after(v, n_rows, t) - 1, first_at_or_after(v, n_rows, t), -1 do
+    if string.sub(v, i * W + 17, i * W + 24) == id then
+      local entity = string.sub(key, #prefix + 3)
+      if n_rows == 1 then
+        redis.call('DEL', key)
+        redis.call('ZREM', KEYS[tbl], entity)
+      else
+        redis.call('SET', key, string.sub(v, 1, i * W) .. string.sub(v, (i + 1) * W + 1))
+        if i == 0 then redis.call('ZADD', KEYS[tbl], t_at(v, 1), entity) end
+      end
+      redis.call('INCRBY', KEYS[2 + tbl], -1)
+      removed = removed + 1
+      return
+    end
+  end
+end
+for i = n - 1, 0, -1 do  -- the last added first
+  local t, id = t_at(rows, i), string.sub(rows, i * W + 17, (i + 1) * W)
+  remove(KEYS[5 + i], 1, t, id)
+  remove(KEYS[5 + n + i], 2, t, id)
+end
+return removed
 """
 )
 
@@ -344,7 +404,9 @@ class RedisOnlineState:
         self._token: str | None = None
         self._append = self.redis.register_script(_APPEND)
         self._set_labels = self.redis.register_script(_SET_LABELS)
+        self._remove = self.redis.register_script(_REMOVE)
         self._renew = self.redis.register_script(_RENEW)
+        self.read_in_script = READ_IN_SCRIPT
         self._broken_until = 0.0
         self._broken: StateUnavailable | None = None
         self._stats_read = -1.0
@@ -402,6 +464,23 @@ class RedisOnlineState:
             )
         if n == 0:
             return 0
+        keys, args = self._append_call(
+            customer_ids, terminal_ids, time_ms, amount, label, transaction_ids
+        )
+        repeated, _ = self._call(self._append, keys, [*args, 0])
+        return len(repeated)
+
+    def _append_call(
+        self,
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        label: np.ndarray | None,
+        transaction_ids: Sequence[str] | None,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the append script (without the keys to read)."""
+        n = len(customer_ids)
         ids = id_digests(transaction_ids, n)
         labels = np.zeros(n) if label is None else label
         customers = _rows(time_ms, amount, ids).tobytes()
@@ -413,11 +492,111 @@ class RedisOnlineState:
         keys += [p + "c:" + c for c in customer_ids]
         keys += [p + "t:" + t for t in terminal_ids]
         self._stats_read = -1.0  # the sizes change: read them again
+        return keys, args
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         self._check_breaker()
         try:
-            return int(self._append(keys=keys, args=args))
+            return script(keys=keys, args=args)
         except RedisError as e:
             raise self._failed(e) from e
+
+    def score_and_add(
+        self,
+        customers: Sequence[str],
+        terminals: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        transaction_ids: Sequence[str] | None,
+        score: Callable[[History], R],
+    ) -> tuple[R, int]:
+        """One script reads the history and adds the transactions: one round trip, and
+        atomic, so the replicas score as one server would (a request sees every transaction
+        of its entities that another replica added before). When ``score`` raises, a second
+        script takes out the rows this one added (a refused request leaves no rows; the
+        watermark it may have moved stays, as it would for any accepted request)."""
+        n = len(customer_ids)
+        if n == 0 or n > CHUNK:  # a large batch: read, then add in chunks (not atomic)
+            return read_score_append(
+                self,
+                customers,
+                terminals,
+                customer_ids,
+                terminal_ids,
+                time_ms,
+                amount,
+                transaction_ids,
+                score,
+            )
+        keys, args = self._append_call(
+            customer_ids, terminal_ids, time_ms, amount, None, transaction_ids
+        )
+        p, k = self.prefix, len(customers)
+        reads = [p + "c:" + c for c in customers]
+        reads += [p + "t:" + t for t in terminals]
+        repeated, values = self._read_and_append(keys, args, reads)
+        history = History(_entity_rows(values[:k]), _entity_rows(values[k:]))
+        try:
+            result = score(history)
+        except BaseException:
+            added = np.ones(n, bool)
+            added[repeated] = False
+            self._take_out(keys[len(self._meta) + 1 :][: 2 * n], args[5], added)
+            raise
+        return result, len(repeated)
+
+    def _read_and_append(
+        self, keys: list[str], args: list[Any], reads: list[str]
+    ) -> tuple[list[int], list[bytes]]:
+        """The append script, and the values of ``reads`` just before it, in one step: the
+        script reads them for a few keys (one command); for more, ``MGET`` and the script go
+        in one ``MULTI`` (a large Lua reply is slower than ``MGET``'s)."""
+        if len(reads) <= self.read_in_script:
+            return self._call(self._append, [*keys, *reads], [*args, len(reads)])
+        self._check_breaker()
+        try:
+            try:
+                return self._multi(keys, args, reads)
+            except NoScriptError:  # Redis restarted or flushed its scripts
+                self.redis.script_load(_APPEND)
+                return self._multi(keys, args, reads)
+        except RedisError as e:
+            raise self._failed(e) from e
+
+    def _multi(
+        self, keys: list[str], args: list[Any], reads: list[str]
+    ) -> tuple[list[int], list[bytes]]:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.mget(reads)
+            pipe.evalsha(self._append.sha, len(keys), *keys, *args, 0)
+            values, (repeated, _) = pipe.execute()
+        return repeated, values
+
+    def _take_out(self, entity_keys: list[str], customer_rows: bytes, added: np.ndarray) -> None:
+        """Remove the rows of the ``added`` transactions (their customer and terminal keys,
+        customers first; their customer rows as the append script took them)."""
+        if not added.any():
+            return
+        n = len(added)
+        rows = np.frombuffer(customer_rows, ROW)[added]
+        keys = [
+            *(k for k, a in zip(entity_keys[:n], added, strict=True) if a),
+            *(k for k, a in zip(entity_keys[n:], added, strict=True) if a),
+        ]
+        try:
+            self._call(
+                self._remove, [*self._meta[1:], *keys], [len(rows), self.prefix, rows.tobytes()]
+            )
+        except StateUnavailable as e:  # the refusal goes on; what stays is logged
+            log.error(
+                "could not take the rows of %d refused transaction(s) out of the online state "
+                "(%s); they stay in their customers' and terminals' windows",
+                len(rows),
+                e,
+            )
+        self._stats_read = -1.0
 
     def set_labels(
         self,

@@ -22,7 +22,7 @@ from components.model import CONTRIBUTION_METHODS, DEFAULT_CONTRIBUTIONS, FraudM
 from components.scoring import compile_kernels, format_reasons
 from serving.errors import InvalidTransactions
 from serving.features import OnlineFeatures, entity_codes
-from serving.state import LabelsSet, OnlineState
+from serving.state import History, LabelsSet, OnlineState
 from serving.transactions import TransactionBatch
 
 __all__ = ["REASONS_FOR", "Scored", "Scorer"]
@@ -178,37 +178,42 @@ class Scorer:
             self.apply_scored_elsewhere(catch_up)
         q_cust, customers = entity_codes(batch.customer_id)
         q_term, terminals = entity_codes(batch.terminal_id)
-        history = self.state.history_for(customers, terminals)
-        matrix = self.features.from_history(batch, history, q_cust, q_term)
-        too_large = overflowing(self.features.names, matrix)
-        if too_large:  # before the state changes: the request leaves no trace
-            raise InvalidTransactions(
-                [
-                    f"transaction {row} ({batch.transaction_id[row]!r}): feature {name!r} "
-                    "overflows the model's float32 input; a number of this transaction is "
-                    "implausibly large for it (e.g. an amount over a minute account_balance)"
-                    for row, name in too_large
-                ]
-            )
-        explained = self.model.explain(matrix, self._explain_from, self.contributions)
-        score = explained.score
-        alert = score >= self.threshold
-        reasons: list[list[str]] = [[] for _ in range(len(batch))]
-        rows = explained.rows
-        if len(rows):
-            values = matrix if len(rows) == len(batch) else matrix[rows]
-            codes = format_reasons(
-                self.features.names, values, explained.contributions, self.n_reasons
-            )
-            for row, code in zip(rows.tolist(), codes, strict=True):
-                reasons[row] = code
-        repeated = self.state.append(
+
+        def scored(history: History) -> Scored:
+            matrix = self.features.from_history(batch, history, q_cust, q_term)
+            too_large = overflowing(self.features.names, matrix)
+            if too_large:  # the state takes nothing in: the request leaves no trace
+                raise InvalidTransactions(
+                    [
+                        f"transaction {row} ({batch.transaction_id[row]!r}): feature {name!r} "
+                        "overflows the model's float32 input; a number of this transaction is "
+                        "implausibly large for it (e.g. an amount over a minute account_balance)"
+                        for row, name in too_large
+                    ]
+                )
+            explained = self.model.explain(matrix, self._explain_from, self.contributions)
+            score = explained.score
+            reasons: list[list[str]] = [[] for _ in range(len(batch))]
+            rows = explained.rows
+            if len(rows):
+                values = matrix if len(rows) == len(batch) else matrix[rows]
+                codes = format_reasons(
+                    self.features.names, values, explained.contributions, self.n_reasons
+                )
+                for row, code in zip(rows.tolist(), codes, strict=True):
+                    reasons[row] = code
+            return Scored(score, score >= self.threshold, reasons, matrix)
+
+        result, repeated = self.state.score_and_add(
+            customers,
+            terminals,
             batch.customer_id,
             batch.terminal_id,
             batch.time_ms,
             batch.amount,
-            transaction_ids=batch.transaction_id,
+            batch.transaction_id,
+            scored,
         )
         if repeated and self.on_repeated is not None:
             self.on_repeated(repeated)
-        return Scored(score, alert, reasons, matrix)
+        return result

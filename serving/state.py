@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,10 @@ __all__ = [
     "LabelsSet",
     "OnlineState",
     "StateUnavailable",
+    "read_score_append",
 ]
+
+R = TypeVar("R")
 
 
 class StateUnavailable(RuntimeError):
@@ -101,6 +104,26 @@ class OnlineState(Protocol):
         Returns how many were not added for that reason."""
         ...
 
+    def score_and_add(
+        self,
+        customers: Sequence[str],
+        terminals: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        transaction_ids: Sequence[str] | None,
+        score: Callable[[History], R],
+    ) -> tuple[R, int]:  # pragma: no cover - protocol
+        """One request's step: the history of the (distinct) ``customers`` and ``terminals``
+        goes to ``score``, then the transactions are added as :meth:`append` adds them.
+        When ``score`` raises, the state is left as it was and the error goes on.
+
+        Returns:
+            What ``score`` returned, and how many transactions were there already.
+        """
+        ...
+
     def set_labels(
         self,
         terminal_ids: Sequence[str],
@@ -114,6 +137,26 @@ class OnlineState(Protocol):
     def stats(self) -> dict[str, int]:  # pragma: no cover - protocol
         """Sizes for metrics: ``customers``, ``terminals``, ``customer_rows``, ``terminal_rows``."""
         ...
+
+
+def read_score_append(
+    state: OnlineState,
+    customers: Sequence[str],
+    terminals: Sequence[str],
+    customer_ids: Sequence[str],
+    terminal_ids: Sequence[str],
+    time_ms: np.ndarray,
+    amount: np.ndarray,
+    transaction_ids: Sequence[str] | None,
+    score: Callable[[History], R],
+) -> tuple[R, int]:
+    """:meth:`OnlineState.score_and_add` as three steps (read, score, append): exact for a
+    state that one thread changes, as :class:`InMemoryOnlineState`."""
+    result = score(state.history_for(customers, terminals))
+    repeated = state.append(
+        customer_ids, terminal_ids, time_ms, amount, transaction_ids=transaction_ids
+    )
+    return result, repeated
 
 
 def frame_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
@@ -392,6 +435,29 @@ class InMemoryOnlineState:
         self.customers.prune(floor, self.sweep_per_append)
         self.terminals.prune(floor, self.sweep_per_append)
         return len(held)
+
+    def score_and_add(
+        self,
+        customers: Sequence[str],
+        terminals: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        transaction_ids: Sequence[str] | None,
+        score: Callable[[History], R],
+    ) -> tuple[R, int]:
+        return read_score_append(
+            self,
+            customers,
+            terminals,
+            customer_ids,
+            terminal_ids,
+            time_ms,
+            amount,
+            transaction_ids,
+            score,
+        )
 
     def set_labels(
         self,

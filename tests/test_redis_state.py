@@ -15,11 +15,18 @@ import pandas as pd
 import pytest
 import redis
 from conftest import start_redis_server
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from serving.redis_state import RedisOnlineState, StateUnavailable, drop_version, stored_versions
-from serving.state import InMemoryOnlineState
+from serving.redis_state import (
+    READ_IN_SCRIPT,
+    ROW,
+    RedisOnlineState,
+    StateUnavailable,
+    drop_version,
+    stored_versions,
+)
+from serving.state import History, InMemoryOnlineState
 
 DAY = 86_400_000
 
@@ -73,23 +80,54 @@ labels = st.tuples(
 )
 
 
+# a request's step (score_and_add): transactions as for an append, and whether it is refused
+# and whether the append script reads the history itself (else an MGET beside it in a MULTI)
+requests = st.tuples(
+    st.just("request"), st.tuples(appends.map(lambda a: a[1]), st.booleans(), st.booleans())
+)
+
+
+class Refused(Exception):
+    """What a request's scoring raised (e.g. a feature overflowing float32)."""
+
+
+def _assert_same_recent_rows(a: History, b: History, floor: int) -> None:
+    for x, y in ((a.customers, b.customers), (a.terminals, b.terminals)):
+        recent_x, recent_y = x.time_ms >= floor, y.time_ms >= floor
+        np.testing.assert_array_equal(x.group[recent_x], y.group[recent_y])
+        np.testing.assert_array_equal(x.time_ms[recent_x], y.time_ms[recent_y])
+        np.testing.assert_array_equal(x.value[recent_x], y.value[recent_y])
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(operations=st.lists(st.one_of(appends, labels), min_size=1, max_size=12))
+@given(operations=st.lists(st.one_of(appends, labels, requests), min_size=1, max_size=12))
+@example(  # a refused late arrival was its entity's oldest row: the sweep's index goes back
+    operations=[
+        ("request", ([("c1", "t1", DAY // 4, "a")], False, True)),
+        ("request", ([("c1", "t1", 0, "b")], True, False)),
+    ]
+)
 def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
     """Retries (same id, customer and time), late arrivals, labels by id or by time, rows
-    falling out of the retention: both states answer alike and hold the same recent rows in
-    the same order (the order sets the float sums of the windows).
+    falling out of the retention, requests (history read, then the transactions added) and
+    refused requests (nothing added): both states answer alike and hold the same recent rows
+    in the same order (the order sets the float sums of the windows).
 
     Rows older than the retention (before the floor) leave each state at its own pace (the
-    in-memory sweep visits entities round robin, Redis's the longest idle first): a retry or
-    a label of such a row may find it in one and not in the other, so answers are compared
-    for operations within the retention only, the kept rows always."""
+    in-memory sweep visits entities round robin, Redis's the longest idle first; a refused
+    request moves Redis's watermark, not memory's): a retry or a label of such a row may find
+    it in one and not in the other, so answers are compared for operations within the
+    retention only, the kept rows always."""
     memory, shared = InMemoryOnlineState(2, sweep_per_append=1), fresh(sweep_per_append=1)
     newest = 0
     for kind, rows in operations:
-        if kind == "append":
+        refuse = False
+        if kind == "request":
+            rows, refuse, in_script = rows
+            shared.read_in_script = READ_IN_SCRIPT if in_script else 0
+        if kind in ("append", "request"):
             customers, terminals, times, ids = (list(c) for c in zip(*rows, strict=True))
             amounts = np.arange(len(rows), dtype=float) + 0.5
             known = None if any(i is None for i in ids) else ids
@@ -99,6 +137,12 @@ def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
             terminals, times, values, ids = (list(c) for c in zip(*rows, strict=True))
             known = None if any(i is None for i in ids) else ids
             args = (terminals, np.array(times), np.array(values), known)
+        if kind == "request":
+            answers = [_request(state, args, refuse) for state in (memory, shared)]
+            if min(times) >= newest - 2 * DAY and not refuse:
+                _assert_same_recent_rows(answers[0][0], answers[1][0], newest - 2 * DAY)
+                assert answers[0][1] == answers[1][1]
+            continue
         change = memory.append if kind == "append" else memory.set_labels
         answers = change(*args), getattr(shared, change.__name__)(*args)
         if min(times) >= newest - 2 * DAY:
@@ -106,17 +150,36 @@ def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
     floor = newest - 2 * DAY
     for entities in (["c1", "c2", "c3"], ["t1", "t2"]):
         got = [state.history_for(entities, entities) for state in (memory, shared)]
-        for a, b in ((got[0].customers, got[1].customers), (got[0].terminals, got[1].terminals)):
-            recent_a, recent_b = a.time_ms >= floor, b.time_ms >= floor
-            np.testing.assert_array_equal(a.group[recent_a], b.group[recent_b])
-            np.testing.assert_array_equal(a.time_ms[recent_a], b.time_ms[recent_b])
-            np.testing.assert_array_equal(a.value[recent_a], b.value[recent_b])
+        _assert_same_recent_rows(got[0], got[1], floor)
+    for kind, entities in (("c", ["c1", "c2", "c3"]), ("t", ["t1", "t2", "t9"])):
+        for entity in entities:  # the sweep's index: each entity's oldest row time
+            rows = shared.redis.get(f"{shared.prefix}{kind}:{entity}")
+            oldest = shared.redis.zscore(f"{shared.prefix}idx:{kind}", entity)
+            assert oldest == (None if rows is None else np.frombuffer(rows, ROW)["time"][0])
     stats = shared.stats()
     everything = shared.history_for(["c1", "c2", "c3"], ["t1", "t2", "t9"])
     assert (stats["customer_rows"], stats["terminal_rows"]) == (
         len(everything.customers),
         len(everything.terminals),
     )
+
+
+def _request(state, args: tuple, refuse: bool) -> tuple[History, int] | None:
+    """A request's step on ``state``: its entities' history (None when refused) and the
+    number of its transactions there already."""
+    customers, terminals, *_, ids = args
+
+    def score(history: History) -> History:
+        if refuse:
+            raise Refused
+        return history
+
+    try:
+        return state.score_and_add(
+            sorted(set(customers)), sorted(set(terminals)), *args[:4], ids, score
+        )
+    except Refused:
+        return None
 
 
 def test_replicas_sharing_a_version_add_each_transaction_once(redis_url, fresh):
@@ -155,6 +218,50 @@ def test_replicas_sharing_a_version_add_each_transaction_once(redis_url, fresh):
     b = second.history_for(["c1"], ["t1"])
     assert a.customers.time_ms.tolist() == b.customers.time_ms.tolist() == times[1::50].tolist()
     second.close()
+
+
+def test_replicas_scoring_one_customer_at_once_see_each_other_as_one_server_would(redis_url, fresh):
+    """Two replicas score the same customer's transactions at once. Each request's history
+    holds every transaction added before it (read and added in one step), as on one server:
+    the requests saw 0, 1, ..., n-1 earlier transactions, each count once."""
+    first = fresh()
+    second = _redis_state(redis_url, first.version)
+    seen: dict[str, list[int]] = {"1": [], "2": []}
+
+    def score(name: str, state: RedisOnlineState) -> None:
+        for i in range(200):
+            count, repeated = state.score_and_add(
+                ["c"],
+                ["t"],
+                ["c"],
+                ["t"],
+                np.array([DAY + i]),
+                np.ones(1),
+                [f"{name}-{i}"],
+                lambda history: len(history.customers),
+            )
+            assert repeated == 0
+            seen[name].append(count)
+
+    threads = [threading.Thread(target=score, args=p) for p in (("1", first), ("2", second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    second.close()
+    assert sorted(seen["1"] + seen["2"]) == list(range(400))
+    assert first.stats()["customer_rows"] == 400
+
+
+@pytest.mark.parametrize("in_script", [True, False], ids=["script reads", "MGET in MULTI"])
+def test_a_redis_that_forgot_its_scripts_still_scores(fresh, in_script):
+    """After a ``SCRIPT FLUSH`` (or a restart that kept the data) the scripts load again."""
+    state = fresh()
+    state.read_in_script = READ_IN_SCRIPT if in_script else 0
+    args = (np.array([DAY]), np.ones(1), ["a"], lambda history: len(history.customers))
+    assert state.score_and_add(["c"], ["t"], ["c"], ["t"], *args) == (0, 0)
+    state.redis.script_flush()
+    assert state.score_and_add(["c"], ["t"], ["c"], ["t"], *args) == (1, 1)  # the retry
 
 
 def test_one_replica_seeds_a_version_and_the_others_wait_for_it(redis_url, fresh):

@@ -57,7 +57,7 @@ from serving.model import (
     pack_request,
     packed_columns,
 )
-from serving.redis_state import RedisOnlineState
+from serving.redis_state import RedisOnlineState, drop_version
 from serving.scorer import Scorer
 from serving.source import parse_model_uri
 from serving.state import InMemoryOnlineState, OnlineState
@@ -977,9 +977,16 @@ def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bund
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # overflow is expected, not warned about
-def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(bundle):
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
+def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
+    bundle, shared, request
+):
+    """In Redis the transactions go in with the history read, and come out again."""
+    url = request.getfixturevalue("redis_url") if shared else None
     detector = FraudDetector(
-        "fraud", parse_model_uri(str(bundle.folder)), ServingConfig(replay_log=False)
+        f"fraud-{uuid.uuid4().hex[:8]}",
+        parse_model_uri(str(bundle.folder)),
+        ServingConfig(replay_log=False, state_redis_url=url),
     )
     detector.load()
     before = detector.state.stats()
@@ -990,8 +997,12 @@ def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
     assert info.value.status == 400
     assert detector.state.stats() == before  # neither transaction entered the state
     ok = detector.predict({"instances": [{**tiny, "account_balance": 1e-3}]}, {})
+    after = detector.state.stats()
+    if shared:
+        drop_version(detector.state.redis, detector.name, detector.version)
     detector.close()
     assert 0 <= ok["predictions"][0]["score"] <= 1
+    assert after["customer_rows"] == before["customer_rows"] + 1
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
