@@ -1,4 +1,4 @@
-"""`fraudops state list|drop`: the online states that model servers share in Redis."""
+"""`fraudops state list|drop|prune`: the online states that model servers share in Redis."""
 
 from __future__ import annotations
 
@@ -53,13 +53,15 @@ def list_(name: NameArg = DEFAULT_MODEL_NAME, redis_url: RedisOpt = None) -> Non
     from serving.redis_state import stored_versions
 
     table = Table(title=f"online states of {name}")
-    for column in ("version", "seeded", "customers", "terminals", "customer rows", "keys"):
+    columns = ("version", "seeded", "served by", "customers", "terminals", "customer rows", "keys")
+    for column in columns:
         table.add_column(column)
     for v in stored_versions(_client(redis_url), name):
         seeded = v["seeded"]["at"][:19] if v["seeded"] else "no (being seeded, or failed)"
         table.add_row(
             v["version"],
             seeded,
+            v["served"]["by"] if v["served"] else "no replica",
             f"{v['customers']:,}",
             f"{v['terminals']:,}",
             f"{v['rows']:,}",
@@ -84,20 +86,77 @@ def drop(
     Refuses a version that the registry's champion, candidate or canary alias names (its
     servers would answer 503 and seed it again), unless --force.
     """
-    from components.bundle import BundleError, resolve
-    from components.store import open_store
     from serving.redis_state import drop_version
 
-    s = open_store(store_uri(store))
-    for alias in ("champion", "candidate", "canary"):
-        try:
-            named = resolve(s, name, alias)
-        except BundleError:
-            continue
-        if named == version and not force:
-            raise StateCommandError(
-                f"{name} {version} is the {alias} in {s.uri}: its servers use this state. Retire "
-                "the version first (fraudops rollout ...), or pass --force"
-            )
+    uri, aliases = _aliases(store, name)
+    if version in aliases and not force:
+        raise StateCommandError(
+            f"{name} {version} is the {aliases[version]} in {uri}: its servers use this state. "
+            "Retire the version first (fraudops rollout ...), or pass --force"
+        )
     deleted = drop_version(_client(redis_url), name, version)
     console.print(f"deleted {deleted:,} key(s) of the online state of {name} {version}")
+
+
+@app.command("prune")
+@friendly_errors
+def prune(
+    name: Annotated[str, typer.Option("--model", help="Model name.")] = DEFAULT_MODEL_NAME,
+    redis_url: RedisOpt = None,
+    store: StoreOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")
+    ] = False,
+) -> None:
+    """Delete the states of retired versions: those no alias names and no replica serves.
+
+    A replica marks its version served every minute, for 10 minutes; a version is kept while
+    the registry's champion, candidate or canary alias names it, a replica marked it, or a
+    replica is seeding it. Run it after a rollout or rollback, or on a schedule (the
+    redis-online-state manifests run it every hour).
+    """
+    from serving.redis_state import drop_version, stored_versions
+
+    client = _client(redis_url)
+    _, aliases = _aliases(store, name)
+    table = Table(title=f"online states of {name}" + (" (dry run)" if dry_run else ""))
+    for column in ("version", "kept because", "deleted keys"):
+        table.add_column(column)
+    dropped = 0
+    for v in stored_versions(client, name):
+        version = v["version"]
+        if version in aliases:
+            why = f"the {aliases[version]}"
+        elif v["served"]:
+            why = f"served by {v['served']['by']} (marked {v['served']['at'][:19]})"
+        elif v["seeding"]:
+            why = "being seeded"
+        else:
+            why = ""
+        if why:
+            table.add_row(version, why, "")
+            continue
+        deleted = v["keys"] if dry_run else drop_version(client, name, version)
+        dropped += 1
+        table.add_row(
+            version, "[bold]retired[/bold]", f"{deleted:,}" + (" (not yet)" if dry_run else "")
+        )
+    console.print(table)
+    console.print(
+        f"{'would delete' if dry_run else 'deleted'} the states of {dropped} retired version(s)"
+    )
+
+
+def _aliases(store: str | None, name: str) -> tuple[str, dict[str, str]]:
+    """The store's URI, and version -> the alias that names it (champion, candidate, canary)."""
+    from components.bundle import BundleError, resolve
+    from components.store import open_store
+
+    s = open_store(store_uri(store))
+    named: dict[str, str] = {}
+    for alias in ("champion", "candidate", "canary"):
+        try:
+            named.setdefault(resolve(s, name, alias), alias)
+        except BundleError:
+            continue
+    return s.uri, named

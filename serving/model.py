@@ -215,17 +215,25 @@ class FraudDetector(Model):
             download = None
             if self.workdir is None and self.source.folder is None:  # removed by close()
                 download = self._download = Path(tempfile.mkdtemp(prefix="fraudops-bundle-"))
+            state = None
             try:
                 bundle, scorer, state, schema, follower = self._prepare(download or self.workdir)
                 self._start_writer()
             except Exception as e:
+                if isinstance(state, RedisOnlineState) and state is not self.state:
+                    state.close()
                 if download is not None:
                     shutil.rmtree(download, ignore_errors=True)
                 self._failed(e)
                 raise
             finally:
                 self._download = None
-            self.bundle, self.scorer, self.state, self.schema = bundle, scorer, state, schema
+            replaced, self.state = self.state, state
+            if isinstance(replaced, RedisOnlineState) and replaced is not state:
+                replaced.close()
+            if isinstance(state, RedisOnlineState):  # `fraudops state prune` keeps its rows
+                state.start_heartbeat()
+            self.bundle, self.scorer, self.schema = bundle, scorer, schema
             self.version = bundle.version
             if download is not None:
                 if self._tmpdir is not None:  # loaded before: that download is not used now
@@ -266,6 +274,8 @@ class FraudDetector(Model):
             self.metrics.model_ready.labels(self.name).set(0)
         self.ready = False
         self.load_error = reason
+        if isinstance(self.state, RedisOnlineState):
+            self.state.stop_heartbeat()
         self.state = None  # the next load makes, seeds and follows a new one
         LoadRetry(self, self.retry_seconds or 5.0).start()
 
@@ -340,7 +350,7 @@ class FraudDetector(Model):
         if self.state_log_store is not None:
             after = pd.to_datetime(history["timestamp"], utc=True).max() if len(history) else None
             follower = LogFollower(self.state_log_store, self.name, bundle.version, after)
-        fresh: InMemoryOnlineState | RedisOnlineState
+        fresh: InMemoryOnlineState | RedisOnlineState | None = None
         replayed = 0
         try:
             if config.state_redis_url:
@@ -356,14 +366,16 @@ class FraudDetector(Model):
                     replayed = self._replay(fresh, follower, days)
 
                 seeded = fresh.seed(history, then=replay)
-                if not seeded:  # the seeding replica replayed the log, the others follow it
+                if seeded is None:  # the seeding replica replayed the log, the others follow it
                     self._skip_logged(follower)
             else:
                 fresh = InMemoryOnlineState(days)
                 seeded = fresh.load_frame(history) if len(history) else 0
-        except StateUnavailable as e:
-            raise ModelMissingError(str(e)) from e
-        except (ValueError, KeyError, TypeError) as e:
+        except (StateUnavailable, ValueError, KeyError, TypeError) as e:
+            if isinstance(fresh, RedisOnlineState):  # its connections, not left to the GC
+                fresh.close()
+            if isinstance(e, StateUnavailable):
+                raise ModelMissingError(str(e)) from e
             raise ModelMissingError(
                 f"the bundle's online/snapshot.parquet from {self.source.uri} cannot seed "
                 f"the online state: {type(e).__name__}: {e}"
@@ -373,8 +385,8 @@ class FraudDetector(Model):
         log.info(
             "online state%s: %d snapshot row(s)%s, %d replayed from the inference log",
             f" in Redis at {fresh.url}" if isinstance(fresh, RedisOnlineState) else "",
-            seeded,
-            " (seeded already)" if config.state_redis_url and not seeded else "",
+            seeded or 0,
+            " (seeded already)" if seeded is None else "",
             replayed,
         )
         return fresh, follower

@@ -21,6 +21,8 @@ would share one Redis Cluster slot, though this client is for a standalone Redis
   transaction time seen.
 - ``seeded``: written last by the replica that seeded the version from the bundle's snapshot
   (the others wait for it); ``seeding``: that replica's lock.
+- ``served``: set every minute by each replica that has the version loaded, for 10 minutes
+  (``fraudops state prune`` drops the states of versions no alias names and no replica serves).
 
 Every change is one Lua script, atomic in Redis: two replicas that add the same transaction
 (a retry on each, or both following another version's log) add it once; a late label finds
@@ -37,6 +39,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -94,6 +97,10 @@ SEED_LOCK_SECONDS = 30
 that dies while seeding frees it within this."""
 SEED_WAIT_SECONDS = 600
 """How long a replica waits for another one's seeding before its load fails (and is retried)."""
+SERVED_SECONDS = 600
+"""A loaded replica marks its version served every :data:`HEARTBEAT_SECONDS`, the mark living
+this long: ``fraudops state prune`` never drops a version whose mark is there."""
+HEARTBEAT_SECONDS = 60
 READ_IN_SCRIPT = 64
 """A request whose customers and terminals are at most this many keys has them read by the
 append script itself; a larger one by an ``MGET`` beside it (see ``_read_and_append``)."""
@@ -407,6 +414,7 @@ class RedisOnlineState:
         self._remove = self.redis.register_script(_REMOVE)
         self._renew = self.redis.register_script(_RENEW)
         self.read_in_script = READ_IN_SCRIPT
+        self._heartbeat: threading.Event | None = None
         self._broken_until = 0.0
         self._broken: StateUnavailable | None = None
         self._stats_read = -1.0
@@ -656,7 +664,7 @@ class RedisOnlineState:
         frame: pd.DataFrame,
         then: Callable[[], object] | None = None,
         wait_seconds: float = SEED_WAIT_SECONDS,
-    ) -> int:
+    ) -> int | None:
         """Seed this version's state from the bundle's snapshot, once for all replicas.
 
         The first replica takes a lock (renewed while it works), clears what a replica that
@@ -670,7 +678,8 @@ class RedisOnlineState:
             wait_seconds: How long to wait for another replica's seeding.
 
         Returns:
-            The rows this replica wrote (0: seeded already, by another replica or before).
+            The rows this replica wrote; None when the version was seeded already, by
+            another replica or before (this replica then ran no ``then``).
 
         Raises:
             StateUnavailable: Redis cannot be reached or evicts keys, this replica lost its
@@ -683,7 +692,7 @@ class RedisOnlineState:
             self._check_eviction()
             while True:
                 if self.redis.exists(self._seeded):
-                    return 0
+                    return None
                 if self.redis.set(self._lock, token, nx=True, ex=SEED_LOCK_SECONDS):
                     break
                 holder = self.redis.get(self._lock)
@@ -810,8 +819,44 @@ class RedisOnlineState:
             self.append(*(None if c is None else c[at] for c in columns))
         return len(frame)
 
+    def mark_served(self) -> None:
+        """Mark this version served by this replica, for :data:`SERVED_SECONDS`."""
+        mark = {"by": f"{socket.gethostname()}:{os.getpid()}", "at": datetime.now(UTC).isoformat()}
+        self.redis.set(self.prefix + "served", json.dumps(mark), ex=SERVED_SECONDS)
+
+    def start_heartbeat(self, every: float = HEARTBEAT_SECONDS) -> None:
+        """Mark the version served now and every ``every`` seconds (a thread), until
+        :meth:`stop_heartbeat` or :meth:`close`."""
+        if self._heartbeat is not None:
+            return
+        stop = self._heartbeat = threading.Event()
+
+        def beat() -> None:
+            failing = False
+            while True:
+                try:
+                    self.mark_served()
+                    failing = False
+                except RedisError as e:  # the requests say it (503); once here is enough
+                    if not failing:
+                        log.warning(
+                            "cannot mark %s %s served in Redis: %s", self.model, self.version, e
+                        )
+                    failing = True
+                if stop.wait(every):
+                    return
+
+        threading.Thread(target=beat, name="fraudops-state-served", daemon=True).start()
+
+    def stop_heartbeat(self) -> None:
+        """Stop marking the version served (the mark lapses within :data:`SERVED_SECONDS`)."""
+        if self._heartbeat is not None:
+            self._heartbeat.set()
+            self._heartbeat = None
+
     def close(self) -> None:
-        """Close the connections."""
+        """Stop the heartbeat and close the connections."""
+        self.stop_heartbeat()
         self.redis.close()
 
 
@@ -820,7 +865,9 @@ def stored_versions(client: redis.Redis, model: str) -> list[dict[str, Any]]:
 
     Returns:
         Per version: ``version``, ``seeded`` (the mark's JSON, None while being seeded or
-        after a failed seeding), ``customers``, ``terminals``, ``rows`` (customer rows) and
+        after a failed seeding), ``seeding`` (a replica holds the seeding lock), ``served``
+        (the latest replica's mark, None when no replica marked it in the last
+        :data:`SERVED_SECONDS`), ``customers``, ``terminals``, ``rows`` (customer rows) and
         ``keys``.
     """
     pattern = _glob_escape(f"fraudops:{{{model}/") + "*"
@@ -833,11 +880,14 @@ def stored_versions(client: redis.Redis, model: str) -> list[dict[str, Any]]:
         p = namespace(model, version)
         with client.pipeline(transaction=False) as pipe:
             pipe.get(p + "seeded").zcard(p + "idx:c").zcard(p + "idx:t").get(p + "rows:c")
-            seeded, customers, terminals, rows = pipe.execute()
+            pipe.exists(p + "seeding").get(p + "served")
+            seeded, customers, terminals, rows, seeding, served = pipe.execute()
         out.append(
             {
                 "version": version,
                 "seeded": None if seeded is None else json.loads(seeded),
+                "seeding": bool(seeding),
+                "served": None if served is None else json.loads(served),
                 "customers": int(customers),
                 "terminals": int(terminals),
                 "rows": int(rows or 0),

@@ -598,6 +598,25 @@ def test_alerts_cronjob_command(rendered, target):
     assert cron["spec"]["schedule"] == f"*/{ctx.params['minutes']:g} * * * *"
 
 
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_state_prune_cronjob_runs_where_replicas_share_redis(rendered, target):
+    """Retired versions' states leave Redis on a schedule, for the model the servers serve,
+    with the registry and the Redis URL the servers use."""
+    docs = rendered[target]
+    isvc = _one(docs, "InferenceService")
+    cron = _one(docs, "CronJob", "fraudops-state-prune")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["fraudops", "state", "prune"]
+    ctx = _click_context(["fraudops", "state", "prune"], container["args"])
+    assert ctx.params["store"] == "s3://fraudops" and not ctx.params["dry_run"]
+    assert ctx.params["name"] == isvc["metadata"]["name"]
+    url = {e["name"]: e for e in container["env"]}["FRAUDOPS_STATE_REDIS_URL"]
+    (server,) = isvc["spec"]["predictor"]["containers"]
+    served = {e["name"]: e for e in server["env"]}["FRAUDOPS_STATE_REDIS_URL"]
+    assert url["valueFrom"] == served["valueFrom"]
+
+
 # ---------------------------------------------------------------------------------------------
 # monitoring: selectors, PromQL and metric names
 

@@ -5,6 +5,7 @@ errors when Redis is gone. The feature-level tests run on both states in
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from serving.redis_state import (
     READ_IN_SCRIPT,
     ROW,
+    SERVED_SECONDS,
     RedisOnlineState,
     StateUnavailable,
     drop_version,
@@ -279,7 +281,7 @@ def test_one_replica_seeds_a_version_and_the_others_wait_for_it(redis_url, fresh
     replicas = [_redis_state(redis_url, version, days=31) for _ in range(4)]
     # a replica that died while seeding left a row behind (no lock, no mark)
     replicas[0].redis.set(replicas[0].prefix + "c:leftover", b"\0" * 24)
-    written: list[int] = []
+    written: list[int | None] = []
     threads = [
         threading.Thread(target=lambda s=s: written.append(s.seed(snapshot))) for s in replicas
     ]
@@ -287,7 +289,7 @@ def test_one_replica_seeds_a_version_and_the_others_wait_for_it(redis_url, fresh
         t.start()
     for t in threads:
         t.join()
-    assert sorted(written) == [0, 0, 0, 400]
+    assert sorted(written, key=str) == [400, None, None, None]  # None: seeded by another
     memory = InMemoryOnlineState(31)
     memory.load_frame(snapshot)
     customers, terminals = [f"c{i}" for i in range(7)], [f"t{i}" for i in range(9)]
@@ -399,6 +401,7 @@ def test_a_redis_that_evicts_any_key_is_refused(redis_url):
     finally:
         state.redis.config_set("maxmemory-policy", "noeviction")
     assert state.seed(pd.DataFrame()) == 0 and state.redis.exists(state.prefix + "seeded")
+    assert state.seed(pd.DataFrame()) is None  # seeded already: the log is not replayed again
     state._clear()
     state.close()
 
@@ -504,3 +507,71 @@ def test_fraudops_state_lists_versions_and_drops_only_a_retired_one(redis_url, t
     assert stored_versions(client, f"{model}-other")[0]["rows"] == 2  # another model: kept
     for name, version in ((model, "v1"), (f"{model}-other", "v2")):
         drop_version(client, name, version)
+
+
+def test_fraudops_state_prune_drops_only_versions_no_alias_names_and_no_replica_serves(
+    redis_url, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from components.store import LocalStore
+    from fraudops.cli import app
+
+    model = f"m{uuid.uuid4().hex[:6]}"
+    store = LocalStore(tmp_path / "store")
+    store.put_json(f"models/{model}/aliases/canary.json", {"version": "v1"})
+    states = {v: RedisOnlineState(redis_url, model, v, 31) for v in ("v1", "v2", "v3", "v4")}
+    for version in ("v1", "v2", "v4"):
+        states[version].seed(pd.DataFrame())
+    states["v2"].mark_served()  # a replica has it loaded (no alias: e.g. an old canary's)
+    states["v3"].redis.set(states["v3"].prefix + "seeding", "replica-0")  # being seeded
+    states["v5"] = RedisOnlineState(redis_url, f"{model}-other", "v5", 31)
+    states["v5"].seed(pd.DataFrame())  # another model's: never looked at
+    args = [
+        "state",
+        "prune",
+        "--model",
+        model,
+        "--redis-url",
+        redis_url,
+        "--store",
+        str(store.root),
+    ]
+    runner = CliRunner()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        dry = runner.invoke(app, [*args, "--dry-run"])
+        assert dry.exit_code == 0, dry.output
+        assert "would delete the states of 1 retired version(s)" in dry.output
+        assert len(stored_versions(client, model)) == 4
+        done = runner.invoke(app, args, terminal_width=200)
+        assert done.exit_code == 0, done.output
+        kept = {v["version"]: v for v in stored_versions(client, model)}
+        assert sorted(kept) == ["v1", "v2", "v3"]
+        for version, why in (("v1", "the canary"), ("v2", "served by"), ("v3", "being seeded")):
+            assert next(line for line in done.output.splitlines() if version in line).count(why)
+        assert kept["v2"]["served"]["by"].endswith(f":{os.getpid()}")
+        assert len(stored_versions(client, f"{model}-other")) == 1
+    finally:
+        for version, state in states.items():
+            drop_version(client, state.model, version)
+            state.close()
+
+
+def test_a_loaded_replica_marks_its_version_served_until_it_stops(fresh):
+    state = fresh()
+    served = state.prefix + "served"
+    state.start_heartbeat(every=0.05)
+    deadline = time.monotonic() + 5
+    while not state.redis.exists(served):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert 0 < state.redis.ttl(served) <= SERVED_SECONDS
+    state.redis.delete(served)
+    time.sleep(0.2)
+    assert state.redis.exists(served)  # marked again
+    state.stop_heartbeat()
+    time.sleep(0.1)
+    state.redis.delete(served)
+    time.sleep(0.2)
+    assert not state.redis.exists(served)  # stopped: the mark lapses

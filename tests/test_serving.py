@@ -989,7 +989,10 @@ def test_two_replicas_sharing_redis_score_as_one_server_and_say_when_redis_is_go
     score over all the traffic (each replica alone would see half of it). With Redis down, or
     back without its data, requests get 503 with the reason, and the servers keep serving;
     they seed Redis again by themselves (one of them) and score again."""
+    import redis
     from conftest import start_redis_server
+
+    from serving.redis_state import stored_versions
 
     redis_server, url = start_redis_server()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -1019,6 +1022,10 @@ def test_two_replicas_sharing_redis_score_as_one_server_and_say_when_redis_is_go
         assert not np.allclose(
             half[columns].to_numpy(float), features.iloc[0:120:2][columns].to_numpy(float)
         )
+
+        # each replica marks the version served (`fraudops state prune` keeps its rows)
+        (stored,) = stored_versions(redis.Redis.from_url(url), MODEL)
+        assert int(stored["served"]["by"].rsplit(":", 1)[1]) in {r.proc.pid for r in replicas}
 
         redis_server.terminate()
         redis_server.wait(10)
