@@ -436,28 +436,8 @@ class InMemoryOnlineState:
         self.terminals.prune(floor, self.sweep_per_append)
         return len(held)
 
-    def score_and_add(
-        self,
-        customers: Sequence[str],
-        terminals: Sequence[str],
-        customer_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        time_ms: np.ndarray,
-        amount: np.ndarray,
-        transaction_ids: Sequence[str] | None,
-        score: Callable[[History], R],
-    ) -> tuple[R, int]:
-        return read_score_append(
-            self,
-            customers,
-            terminals,
-            customer_ids,
-            terminal_ids,
-            time_ms,
-            amount,
-            transaction_ids,
-            score,
-        )
+    # read, score, append: exact here, as one thread changes this state
+    score_and_add = read_score_append
 
     def set_labels(
         self,
