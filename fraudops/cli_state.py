@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -11,6 +13,9 @@ from rich.table import Table
 
 from fraudops.errors import friendly_errors
 from fraudops.options import DEFAULT_MODEL_NAME, StoreOpt, store_uri
+
+if TYPE_CHECKING:
+    import redis
 
 app = typer.Typer(
     help="List and delete the online feature states model versions keep in Redis "
@@ -34,8 +39,13 @@ class StateCommandError(ValueError):
     user_error = True
 
 
-def _client(url: str | None):
+@contextmanager
+def _redis(url: str | None) -> Iterator[redis.Redis]:
+    """A client of ``url`` (default ``$FRAUDOPS_STATE_REDIS_URL``); Redis failing turns into
+    an error that says what to check, as the servers' 503 does."""
     import redis
+
+    from serving.redis_state import failure_of, without_password
 
     url = url or os.environ.get("FRAUDOPS_STATE_REDIS_URL", "")
     if not url:
@@ -43,7 +53,16 @@ def _client(url: str | None):
             "no Redis given: pass --redis-url redis://[user:password@]host:6379/0 or set "
             "FRAUDOPS_STATE_REDIS_URL"
         )
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    except ValueError as e:
+        raise StateCommandError(f"--redis-url {without_password(url)}: {e}") from e
+    try:
+        yield client
+    except redis.RedisError as e:
+        raise StateCommandError(str(failure_of(e, without_password(url)))) from e
+    finally:
+        client.close()
 
 
 @app.command("list")
@@ -56,12 +75,16 @@ def list_(name: NameArg = DEFAULT_MODEL_NAME, redis_url: RedisOpt = None) -> Non
     columns = ("version", "seeded", "served by", "customers", "terminals", "customer rows", "keys")
     for column in columns:
         table.add_column(column)
-    for v in stored_versions(_client(redis_url), name):
-        seeded = v["seeded"]["at"][:19] if v["seeded"] else "no (being seeded, or failed)"
+    with _redis(redis_url) as client:
+        versions = stored_versions(client, name)
+    for v in versions:
+        seeded = (
+            str(v["seeded"].get("at", "?"))[:19] if v["seeded"] else "no (being seeded, or failed)"
+        )
         table.add_row(
             v["version"],
             seeded,
-            v["served"]["by"] if v["served"] else "no replica",
+            str(v["served"].get("by", "?")) if v["served"] else "no replica",
             f"{v['customers']:,}",
             f"{v['terminals']:,}",
             f"{v['rows']:,}",
@@ -94,7 +117,8 @@ def drop(
             f"{name} {version} is the {aliases[version]} in {uri}: its servers use this state. "
             "Retire the version first (fraudops rollout ...), or pass --force"
         )
-    deleted = drop_version(_client(redis_url), name, version)
+    with _redis(redis_url) as client:
+        deleted = drop_version(client, name, version)
     console.print(f"deleted {deleted:,} key(s) of the online state of {name} {version}")
 
 
@@ -115,33 +139,32 @@ def prune(
     replica is seeding it. Run it after a rollout or rollback, or on a schedule (the
     redis-online-state manifests run it every hour).
     """
-    from serving.redis_state import drop_version, stored_versions
+    import socket
 
-    client = _client(redis_url)
-    _, aliases = _aliases(store, name)
-    table = Table(title=f"online states of {name}" + (" (dry run)" if dry_run else ""))
-    for column in ("version", "kept because", "deleted keys"):
-        table.add_column(column)
-    dropped = 0
-    for v in stored_versions(client, name):
-        version = v["version"]
-        if version in aliases:
-            why = f"the {aliases[version]}"
-        elif v["served"]:
-            why = f"served by {v['served']['by']} (marked {v['served']['at'][:19]})"
-        elif v["seeding"]:
-            why = "being seeded"
-        else:
-            why = ""
-        if why:
-            table.add_row(version, why, "")
-            continue
-        deleted = v["keys"] if dry_run else drop_version(client, name, version)
-        dropped += 1
-        table.add_row(
-            version, "[bold]retired[/bold]", f"{deleted:,}" + (" (not yet)" if dry_run else "")
+    from serving.redis_state import drop_if_retired, kept_because, stored_versions
+
+    uri, aliases = _aliases(store, name)
+    if not aliases:  # a wrong --store or --model would make every version look retired
+        raise StateCommandError(
+            f"no alias (champion, candidate, canary) of {name} in {uri}: check --store and "
+            "--model; prune deletes only versions it can tell are retired"
         )
-    console.print(table)
+    dropped = 0
+    with _redis(redis_url) as client:
+        for v in stored_versions(client, name):
+            version = v["version"]
+            if version in aliases:
+                why: str | None = f"the {aliases[version]}"
+            elif dry_run:
+                why = kept_because(client, name, version)
+            else:
+                why = drop_if_retired(client, name, version, socket.gethostname())
+            if why:
+                console.print(f"kept    {name} {version}: {why}")
+                continue
+            dropped += 1
+            done = "would delete" if dry_run else "deleted"
+            console.print(f"{done} {name} {version}: retired ({v['keys']:,} key(s))")
     console.print(
         f"{'would delete' if dry_run else 'deleted'} the states of {dropped} retired version(s)"
     )

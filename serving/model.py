@@ -275,7 +275,7 @@ class FraudDetector(Model):
         self.ready = False
         self.load_error = reason
         if isinstance(self.state, RedisOnlineState):
-            self.state.stop_heartbeat()
+            self.state.close()  # its heartbeat too; a request still using it reconnects
         self.state = None  # the next load makes, seeds and follows a new one
         LoadRetry(self, self.retry_seconds or 5.0).start()
 
@@ -366,7 +366,13 @@ class FraudDetector(Model):
                     replayed = self._replay(fresh, follower, days)
 
                 seeded = fresh.seed(history, then=replay)
-                if seeded is None:  # the seeding replica replayed the log, the others follow it
+                # seeded before, and no replica kept it current since: the other versions'
+                # traffic of that time is only in the log (each transaction is added once)
+                stale = seeded is None and not fresh.is_served()
+                fresh.mark_served()  # now, not once loaded: `fraudops state prune` keeps it
+                if stale:
+                    replay()
+                elif seeded is None:  # the seeding replica replayed the log; follow it now
                     self._skip_logged(follower)
             else:
                 fresh = InMemoryOnlineState(days)

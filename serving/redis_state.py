@@ -75,8 +75,11 @@ __all__ = [
     "ROW",
     "RedisOnlineState",
     "StateUnavailable",
+    "drop_if_retired",
     "drop_version",
+    "failure_of",
     "id_digests",
+    "kept_because",
     "namespace",
     "stored_versions",
     "without_password",
@@ -344,9 +347,10 @@ def _rows(time_ms: np.ndarray, value: np.ndarray, ids: list[bytes]) -> np.ndarra
     return rows
 
 
-def _unavailable(e: Exception, url: str) -> StateUnavailable:
+def failure_of(e: Exception, url: str) -> StateUnavailable:
     """What a Redis error means for the server, and what to do."""
-    if isinstance(e, ResponseError) and str(e).startswith("NOTSEEDED"):
+    # "NOTSEEDED ..." from a script; inside a MULTI redis-py puts "Command # 2 (...)" before it
+    if isinstance(e, ResponseError) and "NOTSEEDED" in str(e):
         return StateUnavailable(
             f"the online state in Redis at {url} has lost its data (was Redis restarted "
             "without persistence?): the servers seed it again from the bundle's snapshot and "
@@ -359,12 +363,14 @@ def _unavailable(e: Exception, url: str) -> StateUnavailable:
             "FRAUDOPS_STATE_REDIS_URL (the fraudops-redis Secret)"
         )
     if isinstance(e, ResponseError):
+        # inside a MULTI redis-py quotes the command first: its keys hold customer ids
+        detail = str(e).split(" caused error: ", 1)[-1]
         hint = (
             "Redis is full: give it more memory (maxmemory), keep its policy noeviction"
             if isinstance(e, OutOfMemoryError) or "maxmemory" in str(e)
             else "check the Redis version (7.0 or newer) and its ACL"
         )
-        return StateUnavailable(f"Redis at {url} refused a command ({e}): {hint}")
+        return StateUnavailable(f"Redis at {url} refused a command ({detail}): {hint}")
     return StateUnavailable(
         f"the online state in Redis at {url} cannot be reached ({type(e).__name__}: {e}); "
         "check that Redis is up and FRAUDOPS_STATE_REDIS_URL is right"
@@ -429,7 +435,7 @@ class RedisOnlineState:
             raise StateUnavailable(f"{self._broken} (tried again within {BREAK_SECONDS:g} s)")
 
     def _failed(self, e: RedisError) -> StateUnavailable:
-        failure = _unavailable(e, self.url)
+        failure = failure_of(e, self.url)
         if isinstance(e, RedisConnectionError | RedisTimeoutError):  # down or hanging, not refusing
             self._broken, self._broken_until = failure, time.monotonic() + BREAK_SECONDS
         return failure
@@ -444,7 +450,7 @@ class RedisOnlineState:
         except RedisError as e:
             raise self._failed(e) from e
         if values[0] is None:
-            raise _unavailable(ResponseError("NOTSEEDED"), self.url)
+            raise failure_of(ResponseError("NOTSEEDED"), self.url)
         k = len(customer_ids)
         return History(_entity_rows(values[1 : 1 + k]), _entity_rows(values[1 + k :]))
 
@@ -721,7 +727,7 @@ class RedisOnlineState:
                 if self.redis.get(self._lock) == token.encode():
                     self.redis.delete(self._lock)
         except RedisError as e:
-            raise _unavailable(e, self.url) from e
+            raise failure_of(e, self.url) from e
         return written
 
     def _hold(self) -> None:
@@ -819,10 +825,20 @@ class RedisOnlineState:
             self.append(*(None if c is None else c[at] for c in columns))
         return len(frame)
 
+    def is_served(self) -> bool:
+        """Whether a replica marked this version served in the last :data:`SERVED_SECONDS`."""
+        try:
+            return bool(self.redis.exists(self.prefix + "served"))
+        except RedisError as e:
+            raise failure_of(e, self.url) from e
+
     def mark_served(self) -> None:
         """Mark this version served by this replica, for :data:`SERVED_SECONDS`."""
         mark = {"by": f"{socket.gethostname()}:{os.getpid()}", "at": datetime.now(UTC).isoformat()}
-        self.redis.set(self.prefix + "served", json.dumps(mark), ex=SERVED_SECONDS)
+        try:
+            self.redis.set(self.prefix + "served", json.dumps(mark), ex=SERVED_SECONDS)
+        except RedisError as e:
+            raise failure_of(e, self.url) from e
 
     def start_heartbeat(self, every: float = HEARTBEAT_SECONDS) -> None:
         """Mark the version served now and every ``every`` seconds (a thread), until
@@ -837,7 +853,7 @@ class RedisOnlineState:
                 try:
                     self.mark_served()
                     failing = False
-                except RedisError as e:  # the requests say it (503); once here is enough
+                except StateUnavailable as e:  # the requests say it (503); once here is enough
                     if not failing:
                         log.warning(
                             "cannot mark %s %s served in Redis: %s", self.model, self.version, e
@@ -885,9 +901,9 @@ def stored_versions(client: redis.Redis, model: str) -> list[dict[str, Any]]:
         out.append(
             {
                 "version": version,
-                "seeded": None if seeded is None else json.loads(seeded),
+                "seeded": _json_or_none(seeded),
                 "seeding": bool(seeding),
-                "served": None if served is None else json.loads(served),
+                "served": _json_or_none(served),
                 "customers": int(customers),
                 "terminals": int(terminals),
                 "rows": int(rows or 0),
@@ -903,6 +919,64 @@ def drop_version(client: redis.Redis, model: str, version: str) -> int:
     for start in range(0, len(keys), CHUNK):
         client.delete(*keys[start : start + CHUNK])
     return len(keys)
+
+
+def kept_because(client: redis.Redis, model: str, version: str, locked: bool = False) -> str | None:
+    """Why a version's state must stay although no alias names it: a replica serves it, seeds
+    it (unless ``locked``: the caller holds the lock), or seeded it less than
+    :data:`SERVED_SECONDS` ago (it marks it served once loaded); None when it is retired."""
+    p = namespace(model, version)
+    served, seeded, seeding = client.mget(p + "served", p + "seeded", p + "seeding")
+    if served is not None:
+        mark = _json_or_none(served) or {}
+        return f"served by {mark.get('by', '?')} (marked {str(mark.get('at', '?'))[:19]})"
+    if seeding is not None and not locked:
+        return "being seeded"
+    at = (_json_or_none(seeded) or {}).get("at")
+    try:
+        age = (datetime.now(UTC) - datetime.fromisoformat(at)).total_seconds() if at else None
+    except (TypeError, ValueError):
+        age = None
+    if age is not None and age < SERVED_SECONDS:
+        return f"seeded {age:.0f} s ago (a replica is loading it)"
+    return None
+
+
+def drop_if_retired(client: redis.Redis, model: str, version: str, by: str) -> str | None:
+    """Delete a version's state unless :func:`kept_because` says why not, holding the seeding
+    lock meanwhile: no replica seeds the version while its keys go (one that wants to waits).
+
+    Returns:
+        Why the state was kept, or None when it was deleted.
+    """
+    p = namespace(model, version)
+    token = f"prune:{by}:{uuid.uuid4().hex[:8]}"
+    if not client.set(p + "seeding", token, nx=True, ex=SEED_LOCK_SECONDS):
+        return "being seeded"
+    try:
+        why = kept_because(client, model, version, locked=True)
+        if why is not None:
+            return why
+        keys = [
+            k
+            for k in client.scan_iter(match=_glob_escape(p) + "*", count=1_000)
+            if k != (p + "seeding").encode()
+        ]
+        for start in range(0, len(keys), CHUNK):
+            client.delete(*keys[start : start + CHUNK])
+        return None
+    finally:
+        if client.get(p + "seeding") == token.encode():
+            client.delete(p + "seeding")
+
+
+def _json_or_none(raw: bytes | None) -> dict[str, Any] | None:
+    """A mark's JSON; None when absent or not JSON (written by hand, or damaged)."""
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _entity_rows(values: list[bytes | None]) -> EntityRows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -324,12 +325,19 @@ def _two_versions(bundle, tmp_path) -> LocalStore:
     return store
 
 
-def _server(store, version: str, follow: float) -> tuple[FraudDetector, CollectorRegistry]:
+def _server(
+    store, version: str, follow: float, redis_url: str | None = None, name: str = "fraud"
+) -> tuple[FraudDetector, CollectorRegistry]:
     registry = CollectorRegistry()
     detector = FraudDetector(
-        "fraud",
+        name,
         parse_model_uri(f"{store.root}#fraud:{version}"),
-        ServingConfig(log_process=False, log_flush_interval=0.1, follow_log_seconds=follow),
+        ServingConfig(
+            log_process=False,
+            log_flush_interval=0.1,
+            follow_log_seconds=follow,
+            state_redis_url=redis_url,
+        ),
         metrics=ServingMetrics(registry),
         log_store=store,
     )
@@ -379,6 +387,38 @@ def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):
             detector.close()
     np.testing.assert_allclose(scores["canary"], expected, rtol=1e-6)
     assert not np.allclose(scores["alone"], expected, rtol=1e-6)
+
+
+def test_a_state_in_redis_that_no_replica_kept_current_takes_in_the_log_when_one_is_back(
+    bundle, tmp_path, redis_url
+):
+    """The canary's state in Redis outlives its replicas (the stable's traffic of that time
+    reaches no one). A replica that finds it seeded, but marked served by none, replays the
+    log into it (each transaction once): it then scores as batch scoring over all traffic."""
+    import redis
+
+    from serving.redis_state import drop_version
+
+    store = _two_versions(bundle, tmp_path)
+    rows, expected = _traffic(bundle, 200, seed=15, history=150)
+    name = f"fraud-{uuid.uuid4().hex[:6]}"
+    canary, _ = _server(store, "v2", 0.1, redis_url, name)
+    canary.close()  # seeded and left; its mark lapses (deleted here, not 10 minutes later)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(canary.state.prefix + "served")
+    stable, _ = _server(store, "v1", 0.1, name=name)
+    for row in rows[:150]:
+        stable.predict({"instances": [row]}, {})
+    stable.close()  # its log is written
+    again, _ = _server(store, "v2", 0.1, redis_url, name)
+    try:
+        scores = [
+            again.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]
+        ]
+    finally:
+        again.close()
+        drop_version(client, name, "v2")
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
 def test_a_transaction_both_versions_scored_counts_once_in_each_state(bundle, tmp_path):

@@ -317,13 +317,19 @@ def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
     state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1), None, ["a"])
     assert state.stats()["customer_rows"] == 1
     state.redis.flushall()  # as a restart without persistence leaves it
+    request = (["c1"], ["t1"], ["c1"], ["t1"], np.array([DAY]), np.ones(1), ["b"], len)
+    in_multi = RedisOnlineState(url, "tests", "v1", 31)
+    in_multi.read_in_script = 0  # a request of many entities: MGET and the script in a MULTI
     for call in (
         lambda: state.history_for(["c1"], ["t1"]),
         lambda: state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)),
         lambda: state.set_labels(["t1"], np.array([DAY]), np.ones(1)),
+        lambda: state.score_and_add(*request),
+        lambda: in_multi.score_and_add(*request),
     ):
         with pytest.raises(StateUnavailable, match=r"lost its data .* seed it again"):
             call()
+    in_multi.close()
     process.terminate()
     process.wait(10)
     with pytest.raises(StateUnavailable, match=f"cannot be reached .*{port}") as caught:
@@ -343,6 +349,12 @@ def test_wrong_credentials_and_a_full_redis_say_what_to_fix():
         admin.config_set("maxmemory", "1")  # noeviction, Redis's default: writes refused
         with pytest.raises(StateUnavailable, match=r"refused .*Redis is full: give it more"):
             state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
+        state.read_in_script = 0  # MGET and the script in a MULTI: the same answer
+        with pytest.raises(StateUnavailable, match=r"refused .*Redis is full") as caught:
+            state.score_and_add(
+                ["cust-42"], ["t1"], ["cust-42"], ["t1"], np.array([DAY]), np.ones(1), ["a"], len
+            )
+        assert "cust-42" not in str(caught.value)  # redis-py quotes the keys: not shown
         assert len(state.history_for(["c1"], ["t1"]).customers) == 0  # reads still work
         admin.config_set("maxmemory", "0")
         admin.config_set("requirepass", "right-one")
@@ -512,6 +524,9 @@ def test_fraudops_state_lists_versions_and_drops_only_a_retired_one(redis_url, t
 def test_fraudops_state_prune_drops_only_versions_no_alias_names_and_no_replica_serves(
     redis_url, tmp_path
 ):
+    """Kept: the canary, a version a replica serves, one being seeded, one seeded a moment ago
+    (its replica is still loading); another model's is not looked at. A wrong store (no
+    alias at all) or an unreachable Redis is an error that says what to check."""
     from typer.testing import CliRunner
 
     from components.store import LocalStore
@@ -520,40 +535,51 @@ def test_fraudops_state_prune_drops_only_versions_no_alias_names_and_no_replica_
     model = f"m{uuid.uuid4().hex[:6]}"
     store = LocalStore(tmp_path / "store")
     store.put_json(f"models/{model}/aliases/canary.json", {"version": "v1"})
-    states = {v: RedisOnlineState(redis_url, model, v, 31) for v in ("v1", "v2", "v3", "v4")}
-    for version in ("v1", "v2", "v4"):
+    versions = ("v1", "v2", "v3", "v4", "v5")
+    states = {v: RedisOnlineState(redis_url, model, v, 31) for v in versions}
+    for version in ("v1", "v2", "v4", "v5"):
         states[version].seed(pd.DataFrame())
     states["v2"].mark_served()  # a replica has it loaded (no alias: e.g. an old canary's)
     states["v3"].redis.set(states["v3"].prefix + "seeding", "replica-0")  # being seeded
-    states["v5"] = RedisOnlineState(redis_url, f"{model}-other", "v5", 31)
-    states["v5"].seed(pd.DataFrame())  # another model's: never looked at
-    args = [
-        "state",
-        "prune",
-        "--model",
-        model,
-        "--redis-url",
-        redis_url,
-        "--store",
-        str(store.root),
-    ]
+    an_hour_ago = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=1)).isoformat()
+    states["v4"].redis.set(states["v4"].prefix + "seeded", f'{{"at": "{an_hour_ago}"}}')
+    other = RedisOnlineState(redis_url, f"{model}-other", "v9", 31)
+    other.seed(pd.DataFrame())  # another model's: never looked at
+    common = ["state", "prune", "--model", model, "--redis-url", redis_url]
+    args = [*common, "--store", str(store.root)]
     runner = CliRunner()
     client = redis.Redis.from_url(redis_url)
     try:
         dry = runner.invoke(app, [*args, "--dry-run"])
         assert dry.exit_code == 0, dry.output
         assert "would delete the states of 1 retired version(s)" in dry.output
-        assert len(stored_versions(client, model)) == 4
-        done = runner.invoke(app, args, terminal_width=200)
+        assert len(stored_versions(client, model)) == 5
+        done = runner.invoke(app, args)
         assert done.exit_code == 0, done.output
         kept = {v["version"]: v for v in stored_versions(client, model)}
-        assert sorted(kept) == ["v1", "v2", "v3"]
-        for version, why in (("v1", "the canary"), ("v2", "served by"), ("v3", "being seeded")):
-            assert next(line for line in done.output.splitlines() if version in line).count(why)
+        assert sorted(kept) == ["v1", "v2", "v3", "v5"]
+        lines = {line.split()[2].rstrip(":"): line for line in done.output.splitlines()[:-1]}
+        assert lines["v4"].startswith("deleted") and "retired" in lines["v4"]
+        for version, why in (
+            ("v1", "the canary"),
+            ("v2", "served by"),
+            ("v3", "being seeded"),
+            ("v5", "seeded 0 s ago"),
+        ):
+            assert lines[version].startswith("kept") and why in lines[version], lines[version]
         assert kept["v2"]["served"]["by"].endswith(f":{os.getpid()}")
+        assert kept["v3"]["seeding"] and client.get(states["v3"].prefix + "seeding") == b"replica-0"
         assert len(stored_versions(client, f"{model}-other")) == 1
+
+        wrong = runner.invoke(app, [*common, "--store", str(tmp_path / "elsewhere")])
+        assert wrong.exit_code == 2 and "no alias" in wrong.output and "--store" in wrong.output
+        assert len(stored_versions(client, model)) == 4  # nothing deleted
+        unreachable = ["--redis-url", "redis://:pw@127.0.0.1:1/0"]
+        down = runner.invoke(app, [*args[:4], "--store", str(store.root), *unreachable])
+        assert down.exit_code == 2 and "cannot be reached" in down.output, down.output
+        assert "Traceback" not in down.output and ":pw@" not in down.output
     finally:
-        for version, state in states.items():
+        for version, state in [*states.items(), ("v9", other)]:
             drop_version(client, state.model, version)
             state.close()
 
