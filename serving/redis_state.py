@@ -421,6 +421,9 @@ class RedisOnlineState:
         self._renew = self.redis.register_script(_RENEW)
         self.read_in_script = READ_IN_SCRIPT
         self._heartbeat: threading.Event | None = None
+        self.heartbeat_thread: threading.Thread | None = None
+        """The thread marking the version served (:meth:`start_heartbeat`); it ends soon
+        after :meth:`stop_heartbeat`."""
         self._broken_until = 0.0
         self._broken: StateUnavailable | None = None
         self._stats_read = -1.0
@@ -862,7 +865,10 @@ class RedisOnlineState:
                 if stop.wait(every):
                     return
 
-        threading.Thread(target=beat, name="fraudops-state-served", daemon=True).start()
+        self.heartbeat_thread = threading.Thread(
+            target=beat, name="fraudops-state-served", daemon=True
+        )
+        self.heartbeat_thread.start()
 
     def stop_heartbeat(self) -> None:
         """Stop marking the version served (the mark lapses within :data:`SERVED_SECONDS`)."""
