@@ -82,33 +82,54 @@ class OnlineFeatures:
         Returns:
             float32 matrix, one row per transaction, columns in the model's order.
         """
+        return self.add_windows(self.stateless(batch), batch, history, q_cust, q_term)
+
+    def stateless(self, batch: TransactionBatch) -> np.ndarray:
+        """The matrix with the features of each transaction alone (numbers, one-hot
+        categories); the windowed columns 0 until :meth:`add_windows`. Values beyond float32
+        are infinite (the scorer refuses them before the state changes)."""
         spec = self.spec
-        ms, amount = batch.time_ms, batch.amount
+        ms = batch.time_ms
         columns = numeric_features(
-            amount, (ms // MS_PER_HOUR) % 24, (ms // MS_PER_DAY + EPOCH_WEEKDAY) % 7,
+            batch.amount, (ms // MS_PER_HOUR) % 24, (ms // MS_PER_DAY + EPOCH_WEEKDAY) % 7,
             batch.numeric, spec,
         )  # fmt: skip
-        presumed = np.zeros(len(batch))  # genuine until a fraud label arrives (serving.state)
-        columns.update(
-            windowed_features(
-                spec,
-                history.customers.plus(q_cust, ms, amount),
-                history.terminals.plus(q_term, ms, presumed),
-                q_cust,
-                q_term,
-                ms,
-                amount,
-            )
-        )
         matrix = np.zeros((len(batch), len(self.names)), dtype=np.float32)
+        self._fill(matrix, columns)
+        self._one_hot(batch, matrix)
+        return matrix
+
+    def add_windows(
+        self,
+        matrix: np.ndarray,
+        batch: TransactionBatch,
+        history: History,
+        q_cust: np.ndarray,
+        q_term: np.ndarray,
+    ) -> np.ndarray:
+        """Fill the windowed columns of :meth:`stateless`'s ``matrix`` (in place) from the
+        entities' rows; returns it."""
+        ms, amount = batch.time_ms, batch.amount
+        presumed = np.zeros(len(batch))  # genuine until a fraud label arrives (serving.state)
+        columns = windowed_features(
+            self.spec,
+            history.customers.plus(q_cust, ms, amount),
+            history.terminals.plus(q_term, ms, presumed),
+            q_cust,
+            q_term,
+            ms,
+            amount,
+        )
+        self._fill(matrix, columns)
+        return matrix
+
+    def _fill(self, matrix: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         index = self.index
         with np.errstate(over="ignore"):  # beyond float32: inf, refused by the scorer
             for name, values in columns.items():
                 i = index.get(name)
                 if i is not None:
                     matrix[:, i] = values
-        self._one_hot(batch, matrix)
-        return matrix
 
     def _one_hot(self, batch: TransactionBatch, matrix: np.ndarray) -> None:
         """The one-hot category columns (as ``stateless_features``; absent field: all 0)."""

@@ -163,6 +163,20 @@ class Scorer:
             limit = None if limit is None else limit - 1
         return added
 
+    def _refuse_overflow(self, batch: TransactionBatch, matrix: np.ndarray) -> np.ndarray:
+        """``matrix``, unless a feature is beyond float32 (400, naming the transactions)."""
+        too_large = overflowing(self.features.names, matrix)
+        if too_large:
+            raise InvalidTransactions(
+                [
+                    f"transaction {row} ({batch.transaction_id[row]!r}): feature {name!r} "
+                    "overflows the model's float32 input; a number of this transaction is "
+                    "implausibly large for it (e.g. an amount over a minute account_balance)"
+                    for row, name in too_large
+                ]
+            )
+        return matrix
+
     def score(self, batch: TransactionBatch, catch_up: int | None = None) -> Scored:
         """Score ``batch``, then add it to the online state.
 
@@ -178,19 +192,14 @@ class Scorer:
             self.apply_scored_elsewhere(catch_up)
         q_cust, customers = entity_codes(batch.customer_id)
         q_term, terminals = entity_codes(batch.terminal_id)
+        # refused before the state sees it (shared: before other replicas could read it)
+        matrix = self._refuse_overflow(batch, self.features.stateless(batch))
 
         def scored(history: History) -> Scored:
-            matrix = self.features.from_history(batch, history, q_cust, q_term)
-            too_large = overflowing(self.features.names, matrix)
-            if too_large:  # the state takes nothing in: the request leaves no trace
-                raise InvalidTransactions(
-                    [
-                        f"transaction {row} ({batch.transaction_id[row]!r}): feature {name!r} "
-                        "overflows the model's float32 input; a number of this transaction is "
-                        "implausibly large for it (e.g. an amount over a minute account_balance)"
-                        for row, name in too_large
-                    ]
-                )
+            # windows (an amount over a minute mean): refused, the state takes nothing in
+            self._refuse_overflow(
+                batch, self.features.add_windows(matrix, batch, history, q_cust, q_term)
+            )
             explained = self.model.explain(matrix, self._explain_from, self.contributions)
             score = explained.score
             reasons: list[list[str]] = [[] for _ in range(len(batch))]

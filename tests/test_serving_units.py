@@ -981,7 +981,9 @@ def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bund
 def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
     bundle, shared, request
 ):
-    """In Redis the transactions go in with the history read, and come out again."""
+    """In Redis a transaction whose own features overflow never reaches it (its watermark
+    stays although the transaction is the newest); one whose windows overflow goes in with
+    the history read, and comes out again."""
     url = request.getfixturevalue("redis_url") if shared else None
     detector = FraudDetector(
         f"fraud-{uuid.uuid4().hex[:8]}",
@@ -996,13 +998,29 @@ def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
     assert "transaction 1 ('t-1'): feature 'amount_to_balance' overflows" in str(info.value)
     assert info.value.status == 400
     assert detector.state.stats() == before  # neither transaction entered the state
+    if shared:
+        watermark = detector.state.prefix + "watermark"
+        before_watermark = detector.state.redis.get(watermark)
+        now = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+        with pytest.raises(InvalidTransactions):
+            detector.predict({"instances": [{**tiny, "timestamp": now}]}, {})
+        assert detector.state.redis.get(watermark) == before_watermark
+    # an amount over a minute mean of the customer's window: refused once the history is read
+    minute = {**GOOD, "transaction_id": "t-minute", "customer_id": "C-minute", "amount": 1e-30}
+    detector.predict({"instances": [minute]}, {})
+    kept = detector.state.stats()
+    huge = {**minute, "transaction_id": "t-huge", "timestamp": "2026-05-16T10:05:00Z"}
+    huge.update(amount=1e15, account_balance=1e15)
+    with pytest.raises(InvalidTransactions, match=r"'t-huge'.* overflows"):
+        detector.predict({"instances": [huge]}, {})
+    assert detector.state.stats() == kept  # in Redis: added with the read, then taken out
     ok = detector.predict({"instances": [{**tiny, "account_balance": 1e-3}]}, {})
     after = detector.state.stats()
     if shared:
         drop_version(detector.state.redis, detector.name, detector.version)
     detector.close()
     assert 0 <= ok["predictions"][0]["score"] <= 1
-    assert after["customer_rows"] == before["customer_rows"] + 1
+    assert after["customer_rows"] == before["customer_rows"] + 2
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
