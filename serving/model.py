@@ -361,7 +361,8 @@ class FraudDetector(Model):
                 except ValueError as e:
                     raise ModelMissingError(f"--state_redis_url: {e}") from e
 
-                def replay() -> None:  # by the seeding replica, before the state is marked
+                def replay() -> None:  # by the seeding replica before its mark, or by one
+                    # that finds the state stale (below)
                     nonlocal replayed
                     replayed = self._replay(fresh, follower, days)
 
