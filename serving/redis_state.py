@@ -560,7 +560,7 @@ class RedisOnlineState:
         except BaseException:
             added = np.ones(n, bool)
             added[repeated] = False
-            self._take_out(keys[len(self._meta) + 1 :][: 2 * n], args[5], added)
+            self._take_out(customer_ids, terminal_ids, customer_rows=args[5], added=added)
             raise
         return result, len(repeated)
 
@@ -591,16 +591,22 @@ class RedisOnlineState:
             values, (repeated, _) = pipe.execute()
         return repeated, values
 
-    def _take_out(self, entity_keys: list[str], customer_rows: bytes, added: np.ndarray) -> None:
-        """Remove the rows of the ``added`` transactions (their customer and terminal keys,
-        customers first; their customer rows as the append script took them)."""
+    def _take_out(
+        self,
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        customer_rows: bytes,
+        added: np.ndarray,
+    ) -> None:
+        """Remove the rows of the ``added`` transactions from their customers and terminals
+        (``customer_rows``: the rows as the append script took them, time and id each)."""
         if not added.any():
             return
-        n = len(added)
+        p = self.prefix
         rows = np.frombuffer(customer_rows, ROW)[added]
         keys = [
-            *(k for k, a in zip(entity_keys[:n], added, strict=True) if a),
-            *(k for k, a in zip(entity_keys[n:], added, strict=True) if a),
+            *(p + "c:" + c for c, a in zip(customer_ids, added, strict=True) if a),
+            *(p + "t:" + t for t, a in zip(terminal_ids, added, strict=True) if a),
         ]
         try:
             self._call(
