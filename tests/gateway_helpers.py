@@ -88,11 +88,17 @@ class Traffic:
     x-fraudops-retried-from, transaction id)``.
     """
 
-    def __init__(self, url: str, rows: list[dict], threads: int = 1) -> None:
+    def __init__(
+        self, url: str, rows: list[dict], threads: int = 1, per_second: float | None = None
+    ) -> None:
         self.url = url
         self.rows = rows
         self.results: list[tuple[float, int | str, str, str, str]] = []
         self._next = 0
+        # at most `per_second` requests a second in all: the rows then last a known time,
+        # however fast this machine is (None: as fast as the gateway answers)
+        self._gap = 0.0 if per_second is None else 1.0 / per_second
+        self._due = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
@@ -103,8 +109,12 @@ class Traffic:
         with self._lock:
             if self._stop.is_set() or self._next >= len(self.rows):
                 return None
+            i = self._next
             self._next += 1
-            return self._next - 1, self.rows[self._next - 1]
+            due = self._due = max(self._due + self._gap, time.monotonic())
+        if self._gap:
+            self._stop.wait(max(0.0, due - time.monotonic()))
+        return i, self.rows[i]
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as client:

@@ -65,7 +65,11 @@ def setup(tmp_path_factory):
 
 
 def _rollout(setup, version: str, seed: int):
-    traffic = Traffic(setup.gateway.url, rows_after_training(6000, seed=seed, days=10), threads=2)
+    # 300 requests a second for up to 67 s: beyond the longest rollout here (a new server
+    # starting, then two steps of up to 4 windows each); unpaced, a fast machine used up
+    # 6,000 rows before the 50% step and its windows held no traffic
+    rows = rows_after_training(20_000, seed=seed, days=10)
+    traffic = Traffic(setup.gateway.url, rows, threads=2, per_second=300)
     try:
         traffic.wait_for(20)  # the stable server answers before the canary arrives
         result = run_rollout(
