@@ -647,10 +647,14 @@ class FraudDetector(Model):
 
     # -- scoring ---------------------------------------------------------------------------
 
-    def predict(
+    async def predict(
         self, payload: dict | InferRequest | bytes, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
-        """Score V1 ``{"instances": [...]}`` or a V2 ``InferRequest``; same path for both."""
+        """Score V1 ``{"instances": [...]}`` or a V2 ``InferRequest``; same path for both.
+
+        A coroutine, which KServe awaits: with the state in Redis it awaits the round trip,
+        and the server takes other requests meanwhile; in memory it awaits nothing and runs
+        through, one request at a time."""
         ctx = current_request()
         started = ctx.started if ctx is not None else time.perf_counter()
         if ctx is not None:
@@ -666,7 +670,9 @@ class FraudDetector(Model):
         else:
             batch = from_instances(_json(payload), self.schema)
         try:
-            scored = self.scorer.score(batch, 1 if self.event_loop is not None else None)
+            scored = await self.scorer.score_async(
+                batch, 1 if self.event_loop is not None else None
+            )
         except ServingError:
             raise
         except StateUnavailable as e:  # not the client's fault, nor a bug: 503 with the reason

@@ -34,6 +34,7 @@ a snapshot whose logged traffic is not replayed yet: the mark comes after the re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -62,6 +63,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from components.features.windows import MS_PER_DAY
+from serving.redis_async import LoopConnections
 from serving.state import (
     EntityRows,
     History,
@@ -107,6 +109,13 @@ HEARTBEAT_SECONDS = 60
 READ_IN_SCRIPT = 64
 """A request whose customers and terminals are at most this many keys has them read by the
 append script itself; a larger one by an ``MGET`` beside it (see ``_read_and_append``)."""
+CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 0.5,
+    "socket_timeout": 1.0,
+    "health_check_interval": 30,
+}
+"""The synchronous client's and the request path's asyncio connections': a Redis that hangs
+costs a request one second, then the breaker refuses at once."""
 BREAK_SECONDS = 1.0
 """After Redis failed to answer, requests are refused at once for this long: a Redis that hangs
 must not hold the event loop (and the liveness probe) for a timeout per request."""
@@ -405,9 +414,9 @@ class RedisOnlineState:
         self.retention_ms = int(retention_days * MS_PER_DAY)
         self.slack_ms = self.retention_ms // 16
         self.sweep_per_append = sweep_per_append
-        self.redis = client or redis.Redis.from_url(
-            url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=30
-        )
+        self.redis = client or redis.Redis.from_url(url, **CLIENT_OPTIONS)
+        self._connect_url = url  # for the request path's asyncio connections
+        self._on_loop: LoopConnections | None = None
         p = self.prefix
         self._meta = [p + k for k in ("watermark", "idx:c", "idx:t", "rows:c", "rows:t")]
         self._seeded, self._lock = p + "seeded", p + "seeding"
@@ -534,31 +543,78 @@ class RedisOnlineState:
         of its entities that another replica added before). When ``score`` raises, a second
         script takes out the rows this one added (a refused request leaves no rows; the
         watermark it may have moved stays, as it would for any accepted request)."""
-        n = len(customer_ids)
-        if n == 0 or n > CHUNK:  # a large batch: read, then add in chunks (not atomic)
-            return read_score_append(
-                self,
-                customers,
-                terminals,
-                customer_ids,
-                terminal_ids,
-                time_ms,
-                amount,
-                transaction_ids,
-                score,
-            )
+        step = (customers, terminals, customer_ids, terminal_ids, time_ms, amount)
+        if not 0 < len(customer_ids) <= CHUNK:  # a large batch: read, then add in chunks
+            return read_score_append(self, *step, transaction_ids, score)
+        keys, args, reads = self._step(*step, transaction_ids)
+        reply = self._read_and_append(keys, args, reads)
+        return self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
+
+    async def score_and_add_async(
+        self,
+        customers: Sequence[str],
+        terminals: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        transaction_ids: Sequence[str] | None,
+        score: Callable[[History], R],
+    ) -> tuple[R, int]:
+        """:meth:`score_and_add` with the round trip awaited (see :mod:`serving.redis_async`):
+        while Redis answers, the server parses and scores other requests. A batch of over
+        :data:`CHUNK` transactions takes the synchronous path."""
+        step = (customers, terminals, customer_ids, terminal_ids, time_ms, amount)
+        if not 0 < len(customer_ids) <= CHUNK:
+            return read_score_append(self, *step, transaction_ids, score)
+        keys, args, reads = self._step(*step, transaction_ids)
+        self._check_breaker()
+        try:
+            try:
+                reply = await self._read_and_append_async(keys, args, reads)
+            except NoScriptError:  # Redis restarted or flushed its scripts: rare, so sync
+                self.redis.script_load(_APPEND)
+                reply = await self._read_and_append_async(keys, args, reads)
+        except RedisError as e:
+            raise self._failed(e) from e
+        return self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
+
+    def _step(
+        self,
+        customers: Sequence[str],
+        terminals: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        transaction_ids: Sequence[str] | None,
+    ) -> tuple[list[str], list[Any], list[str]]:
+        """The append script's keys and arguments, and the entity keys it reads first."""
         keys, args = self._append_call(
             customer_ids, terminal_ids, time_ms, amount, None, transaction_ids
         )
-        p, k = self.prefix, len(customers)
+        p = self.prefix
         reads = [p + "c:" + c for c in customers]
         reads += [p + "t:" + t for t in terminals]
-        repeated, values = self._read_and_append(keys, args, reads)
+        return keys, args, reads
+
+    def _scored(
+        self,
+        reply: tuple[list[int], list[bytes]],
+        n_customers: int,
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        args: list[Any],
+        score: Callable[[History], R],
+    ) -> tuple[R, int]:
+        """Score the history the step read; when that raises, take out what it added."""
+        repeated, values = reply
+        k = n_customers
         history = History(_entity_rows(values[:k]), _entity_rows(values[k:]))
         try:
             result = score(history)
         except BaseException:
-            added = np.ones(n, bool)
+            added = np.ones(len(customer_ids), bool)
             added[repeated] = False
             self._take_out(customer_ids, terminal_ids, customer_rows=args[5], added=added)
             raise
@@ -589,6 +645,25 @@ class RedisOnlineState:
             pipe.mget(reads)
             pipe.evalsha(self._append.sha, len(keys), *keys, *args, 0)
             values, (repeated, _) = pipe.execute()
+        return repeated, values
+
+    async def _read_and_append_async(
+        self, keys: list[str], args: list[Any], reads: list[str]
+    ) -> tuple[list[int], list[bytes]]:
+        """:meth:`_read_and_append` on this event loop's connections."""
+        loop = asyncio.get_running_loop()
+        if self._on_loop is None or self._on_loop.loop is not loop:
+            if self._on_loop is not None:
+                self._on_loop.close()
+            self._on_loop = LoopConnections(self._connect_url, CLIENT_OPTIONS)
+        sha = self._append.sha
+        if len(reads) <= self.read_in_script:
+            evalsha = ("EVALSHA", sha, len(keys) + len(reads), *keys, *reads, *args, len(reads))
+            (reply,) = _raise_refused(await self._on_loop.exchange([evalsha]))
+            return reply
+        evalsha = ("EVALSHA", sha, len(keys), *keys, *args, 0)
+        multi = [("MULTI",), ("MGET", *reads), evalsha, ("EXEC",)]
+        *_, (values, (repeated, _)) = _raise_refused(await self._on_loop.exchange(multi))
         return repeated, values
 
     def _take_out(
@@ -886,6 +961,9 @@ class RedisOnlineState:
         """Stop the heartbeat and close the connections."""
         self.stop_heartbeat()
         self.redis.close()
+        if self._on_loop is not None:
+            self._on_loop.close()
+            self._on_loop = None
 
 
 def stored_versions(client: redis.Redis, model: str) -> list[dict[str, Any]]:
@@ -980,6 +1058,19 @@ def drop_if_retired(client: redis.Redis, model: str, version: str, by: str) -> s
     finally:
         if client.get(p + "seeding") == token.encode():
             client.delete(p + "seeding")
+
+
+def _raise_refused(replies: list[Any]) -> list[Any]:
+    """The replies, unless Redis refused a command: then its error, the first one (a command
+    refused while queued in a ``MULTI`` says why before ``EXEC``'s EXECABORT; one that failed
+    inside the transaction is an error in ``EXEC``'s reply)."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    for reply in replies[-1] if isinstance(replies[-1], list) else ():
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
 
 
 def _json_or_none(raw: bytes | None) -> dict[str, Any] | None:

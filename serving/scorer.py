@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -186,7 +186,21 @@ class Scorer:
                 None). A server whose event loop adds them between requests passes 1, so a
                 large catch-up never holds one request for long.
         """
-        if self.state is None:
+        state, step = self._step(batch, catch_up)
+        return self._counted(*state.score_and_add(*step))
+
+    async def score_async(self, batch: TransactionBatch, catch_up: int | None = None) -> Scored:
+        """:meth:`score` on the event loop: a state in Redis awaits its round trip, so the
+        server works on other requests meanwhile (in memory nothing is awaited: the same)."""
+        state, step = self._step(batch, catch_up)
+        return self._counted(*await state.score_and_add_async(*step))
+
+    def _step(
+        self, batch: TransactionBatch, catch_up: int | None
+    ) -> tuple[OnlineState, tuple[Any, ...]]:
+        """The state, and the arguments of its ``score_and_add`` for ``batch``."""
+        state = self.state
+        if state is None:
             raise RuntimeError("the scorer has no online state yet")
         if self.scored_elsewhere:
             self.apply_scored_elsewhere(catch_up)
@@ -213,7 +227,7 @@ class Scorer:
                     reasons[row] = code
             return Scored(score, score >= self.threshold, reasons, matrix)
 
-        result, repeated = self.state.score_and_add(
+        step = (
             customers,
             terminals,
             batch.customer_id,
@@ -223,6 +237,9 @@ class Scorer:
             batch.transaction_id,
             scored,
         )
+        return state, step
+
+    def _counted(self, result: Scored, repeated: int) -> Scored:
         if repeated and self.on_repeated is not None:
             self.on_repeated(repeated)
         return result

@@ -21,7 +21,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -122,6 +122,21 @@ class OnlineState(Protocol):
         Returns:
             What ``score`` returned, and how many transactions were there already.
         """
+        ...
+
+    async def score_and_add_async(
+        self,
+        customers: Sequence[str],
+        terminals: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        transaction_ids: Sequence[str] | None,
+        score: Callable[[History], R],
+    ) -> tuple[R, int]:  # pragma: no cover - protocol
+        """:meth:`score_and_add` for the event loop: a remote state awaits its round trip,
+        so the server takes other requests meanwhile instead of waiting idle."""
         ...
 
     def set_labels(
@@ -438,6 +453,10 @@ class InMemoryOnlineState:
 
     # read, score, append: exact here, as one thread changes this state
     score_and_add = read_score_append
+
+    async def score_and_add_async(self, *step: Any) -> tuple[Any, int]:
+        """:meth:`score_and_add`: nothing to wait for in memory (so never interleaved)."""
+        return read_score_append(self, *step)
 
     def set_labels(
         self,

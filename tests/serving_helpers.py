@@ -7,9 +7,11 @@ The bundle comes from the real pipeline step functions, run in-process
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -22,6 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = "import typer; from fraudops.cli_serve import serve; typer.run(serve)"
 MODEL = "fraud"
 CONFIG = GeneratorConfig(n_customers=300, n_terminals=600, n_days=45, seed=5)
+_LOOP = asyncio.new_event_loop()
+
+
+def predict(model: Any, payload: Any, headers: dict[str, str] | None = None) -> Any:
+    """``model.predict`` (a coroutine, as KServe awaits it) run to its end on one event loop
+    for the whole session, as in a server: a Redis state's asyncio client belongs to its loop."""
+    return _LOOP.run_until_complete(model.predict(payload, headers))
 
 
 @dataclass(frozen=True)

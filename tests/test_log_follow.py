@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
-from serving_helpers import instance, later_transactions, shared_model
+from serving_helpers import instance, later_transactions, predict, shared_model
 
 from components.bundle import Bundle, fetch_bundle, register_bundle
 from components.features import compute_features
@@ -371,7 +371,7 @@ def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):
     try:
         for i, row in enumerate(rows[:150]):  # a 50% canary, one transaction a request
             for detector in (stable,) if i % 2 == 0 else (canary, alone):
-                detector.predict({"instances": [row]}, {})
+                predict(detector, {"instances": [row]}, {})
             if i == 75:
                 canary.load_bundle()
         deadline = time.monotonic() + 20
@@ -379,7 +379,9 @@ def test_a_canary_counts_the_stables_traffic_in_its_windows(bundle, tmp_path):
             time.sleep(0.05)
         assert _followed(followed) == 75  # the stable's share, each transaction once
         scores = {
-            name: [d.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]]
+            name: [
+                predict(d, {"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]
+            ]
             for name, d in (("canary", canary), ("alone", alone))
         }
     finally:
@@ -408,12 +410,12 @@ def test_a_state_in_redis_that_no_replica_kept_current_takes_in_the_log_when_one
     client.delete(canary.state.prefix + "served")
     stable, _ = _server(store, "v1", 0.1, name=name)
     for row in rows[:150]:
-        stable.predict({"instances": [row]}, {})
+        predict(stable, {"instances": [row]}, {})
     stable.close()  # its log is written
     again, _ = _server(store, "v2", 0.1, redis_url, name)
     try:
         scores = [
-            again.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]
+            predict(again, {"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]
         ]
     finally:
         again.close()
@@ -431,9 +433,9 @@ def test_a_transaction_both_versions_scored_counts_once_in_each_state(bundle, tm
     repeated = {"model": "fraud"}
     try:
         for row in rows[:120]:
-            first = canary.predict({"instances": [row]}, {})["predictions"][0]
-            stable.predict({"instances": [row]}, {})
-            again = canary.predict({"instances": [row]}, {})["predictions"][0]
+            first = predict(canary, {"instances": [row]}, {})["predictions"][0]
+            predict(stable, {"instances": [row]}, {})
+            again = predict(canary, {"instances": [row]}, {})["predictions"][0]
             assert again == first
         deadline = time.monotonic() + 20
         while min(_followed(on_stable) or 0, _followed(on_canary) or 0) < 120:
@@ -449,7 +451,9 @@ def test_a_transaction_both_versions_scored_counts_once_in_each_state(bundle, tm
             for r in (on_canary, on_stable)
         )
         scores = {
-            name: [d.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[120:]]
+            name: [
+                predict(d, {"instances": [r]}, {})["predictions"][0]["score"] for r in rows[120:]
+            ]
             for name, d in (("stable", stable), ("canary", canary))
         }
     finally:
@@ -485,7 +489,7 @@ def test_the_event_loop_adds_the_followed_transactions_between_requests(
 
     try:
         before = on_loop(canary.state.stats)["customer_rows"]
-        stable.predict({"instances": rows}, {})
+        predict(stable, {"instances": rows}, {})
         deadline = time.monotonic() + 20
         # the poll is counted once its rows are queued, and may be after the loop adds them
         while on_loop(canary.state.stats)["customer_rows"] < before + 100 or not _followed(

@@ -5,6 +5,7 @@ errors when Redis is gone. The feature-level tests run on both states in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -255,15 +256,70 @@ def test_replicas_scoring_one_customer_at_once_see_each_other_as_one_server_woul
     assert first.stats()["customer_rows"] == 400
 
 
+def _step_of(state: RedisOnlineState, asynchronous: bool):
+    """``state.score_and_add``, or its asyncio twin run on a loop of its own."""
+    if not asynchronous:
+        return state.score_and_add
+    return lambda *step: asyncio.run(state.score_and_add_async(*step))
+
+
 @pytest.mark.parametrize("in_script", [True, False], ids=["script reads", "MGET in MULTI"])
-def test_a_redis_that_forgot_its_scripts_still_scores(fresh, in_script):
+def test_requests_awaiting_redis_on_one_event_loop_overlap_and_score_as_one_server(
+    redis_url, fresh, in_script
+):
+    """Two replicas, each with 8 requests at once on its event loop (one loop here): a
+    request waiting for Redis lets the others go on (they overlap), and each request's
+    history still holds every transaction added before it, as on one server."""
+    first = fresh()
+    second = _redis_state(redis_url, first.version)
+    for state in (first, second):
+        state.read_in_script = READ_IN_SCRIPT if in_script else 0
+    seen: list[int] = []
+    waiting, most_waiting = 0, 0
+
+    def count(history: History) -> int:
+        nonlocal waiting
+        waiting -= 1
+        return len(history.customers)
+
+    async def requests(name: str, state: RedisOnlineState) -> None:
+        nonlocal waiting, most_waiting
+        for i in range(25):
+            waiting += 1
+            most_waiting = max(most_waiting, waiting)
+            got, repeated = await state.score_and_add_async(
+                ["c"], ["t"], ["c"], ["t"], np.array([DAY + i]), np.ones(1), [f"{name}-{i}"], count
+            )
+            assert repeated == 0
+            seen.append(got)
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(
+                requests(f"{r}{k}", state)
+                for r, state in enumerate((first, second))
+                for k in range(8)
+            )
+        )
+
+    asyncio.run(main())
+    second.close()
+    assert sorted(seen) == list(range(400))
+    assert first.stats()["customer_rows"] == 400
+    assert most_waiting >= 8  # a synchronous step never yields: at most 1
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "asyncio"])
+@pytest.mark.parametrize("in_script", [True, False], ids=["script reads", "MGET in MULTI"])
+def test_a_redis_that_forgot_its_scripts_still_scores(fresh, in_script, asynchronous):
     """After a ``SCRIPT FLUSH`` (or a restart that kept the data) the scripts load again."""
     state = fresh()
     state.read_in_script = READ_IN_SCRIPT if in_script else 0
+    step = _step_of(state, asynchronous)
     args = (np.array([DAY]), np.ones(1), ["a"], lambda history: len(history.customers))
-    assert state.score_and_add(["c"], ["t"], ["c"], ["t"], *args) == (0, 0)
+    assert step(["c"], ["t"], ["c"], ["t"], *args) == (0, 0)
     state.redis.script_flush()
-    assert state.score_and_add(["c"], ["t"], ["c"], ["t"], *args) == (1, 1)  # the retry
+    assert step(["c"], ["t"], ["c"], ["t"], *args) == (1, 1)  # the retry
 
 
 def test_one_replica_seeds_a_version_and_the_others_wait_for_it(redis_url, fresh):
@@ -318,6 +374,7 @@ def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
     assert state.stats()["customer_rows"] == 1
     state.redis.flushall()  # as a restart without persistence leaves it
     request = (["c1"], ["t1"], ["c1"], ["t1"], np.array([DAY]), np.ones(1), ["b"], len)
+    plain = RedisOnlineState(url, "tests", "v1", 31)
     in_multi = RedisOnlineState(url, "tests", "v1", 31)
     in_multi.read_in_script = 0  # a request of many entities: MGET and the script in a MULTI
     for call in (
@@ -326,10 +383,12 @@ def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
         lambda: state.set_labels(["t1"], np.array([DAY]), np.ones(1)),
         lambda: state.score_and_add(*request),
         lambda: in_multi.score_and_add(*request),
+        lambda: asyncio.run(plain.score_and_add_async(*request)),
+        lambda: asyncio.run(in_multi.score_and_add_async(*request)),
     ):
-        with pytest.raises(StateUnavailable, match=r"lost its data .* seed it again"):
+        with pytest.raises(StateUnavailable, match=r"lost its data .* seed it again") as caught:
             call()
-    in_multi.close()
+        assert caught.value.lost
     process.terminate()
     process.wait(10)
     with pytest.raises(StateUnavailable, match=f"cannot be reached .*{port}") as caught:
@@ -337,6 +396,10 @@ def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
     assert "s3cret" not in str(caught.value) and "***@127.0.0.1" in str(caught.value)
     with pytest.raises(StateUnavailable, match="cannot be reached"):
         state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
+    for other in (plain, in_multi):
+        with pytest.raises(StateUnavailable, match=f"cannot be reached .*{port}"):
+            asyncio.run(other.score_and_add_async(*request))
+        other.close()
     assert state.stats()["customer_rows"] == 1  # the last read, not an exception in a scrape
 
 
@@ -350,11 +413,23 @@ def test_wrong_credentials_and_a_full_redis_say_what_to_fix():
         with pytest.raises(StateUnavailable, match=r"refused .*Redis is full: give it more"):
             state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
         state.read_in_script = 0  # MGET and the script in a MULTI: the same answer
+        request = (
+            ["cust-42"],
+            ["t1"],
+            ["cust-42"],
+            ["t1"],
+            np.array([DAY]),
+            np.ones(1),
+            ["a"],
+            len,
+        )
         with pytest.raises(StateUnavailable, match=r"refused .*Redis is full") as caught:
-            state.score_and_add(
-                ["cust-42"], ["t1"], ["cust-42"], ["t1"], np.array([DAY]), np.ones(1), ["a"], len
-            )
+            state.score_and_add(*request)
         assert "cust-42" not in str(caught.value)  # redis-py quotes the keys: not shown
+        for state.read_in_script in (READ_IN_SCRIPT, 0):  # on the event loop, both ways
+            with pytest.raises(StateUnavailable, match=r"refused .*Redis is full") as caught:
+                asyncio.run(state.score_and_add_async(*request))
+            assert "cust-42" not in str(caught.value)
         assert len(state.history_for(["c1"], ["t1"]).customers) == 0  # reads still work
         admin.config_set("maxmemory", "0")
         admin.config_set("requirepass", "right-one")
@@ -362,6 +437,9 @@ def test_wrong_credentials_and_a_full_redis_say_what_to_fix():
         wrong = RedisOnlineState(f"redis://:wrong-one@127.0.0.1:{port}/0", "tests", "v1", 31)
         with pytest.raises(StateUnavailable, match="refused the credentials") as caught:
             wrong.history_for(["c1"], ["t1"])
+        assert "wrong-one" not in str(caught.value)
+        with pytest.raises(StateUnavailable, match="refused the credentials") as caught:
+            asyncio.run(wrong.score_and_add_async(*request))
         assert "wrong-one" not in str(caught.value)
         right = RedisOnlineState(f"redis://:right-one@127.0.0.1:{port}/0", "tests", "v1", 31)
         assert right.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)) == 0
@@ -438,6 +516,91 @@ def test_a_hanging_redis_holds_one_request_then_refuses_at_once_for_a_second():
         process.send_signal(signal.SIGCONT)
     time.sleep(1.1)
     assert state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)) == 0  # back
+    process.terminate()
+    process.wait(10)
+
+
+def test_a_request_after_redis_restarted_with_its_data_is_answered():
+    """Redis restarted (its data kept, e.g. by persistence): the asyncio client's pooled
+    connection is closed, and the request goes through on a new one instead of a 503."""
+    process, url = start_redis_server()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    state = RedisOnlineState(url, "tests", "v1", 31)
+    state.seed(pd.DataFrame())
+    count = lambda history: len(history.customers)  # noqa: E731
+
+    def request(i: int) -> tuple:
+        return (["c"], ["t"], ["c"], ["t"], np.array([DAY + i]), np.ones(1), [f"{i}"], count)
+
+    async def main() -> list[tuple[int, int]]:
+        answers = [await state.score_and_add_async(*request(0))]
+        nonlocal process
+        process.terminate()
+        process.wait(10)
+        await asyncio.sleep(0.3)  # an idle server's loop: it sees the connection closed
+        process, _ = start_redis_server(port)
+        state.seed(pd.DataFrame())  # the data as persistence would keep it: seeded, empty
+        answers.append(await state.score_and_add_async(*request(1)))
+        return answers
+
+    try:
+        assert asyncio.run(main()) == [(0, 0), (0, 0)]
+    finally:
+        state.close()
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_request_waiting_for_a_hanging_redis_leaves_the_event_loop_free():
+    """The asyncio step awaits Redis: while one request waits out the timeout, the event
+    loop goes on (other requests, the liveness probe); then the breaker refuses at once."""
+    process, url = start_redis_server()
+    state = RedisOnlineState(url, "tests", "v1", 31)
+    state.seed(pd.DataFrame())
+    count = lambda history: len(history.customers)  # noqa: E731
+    request = (["c1"], ["t1"], ["c1"], ["t1"], np.array([DAY]), np.ones(1), ["a"], count)
+
+    def later(i: int, customer: str) -> tuple:
+        c, t = [customer], [f"t-{customer}"]
+        return (c, t, c, t, np.array([DAY + i]), np.ones(1), [f"{i}"], count)
+
+    async def main() -> tuple[int, float, float]:
+        assert await state.score_and_add_async(*request) == (0, 0)  # connected, then stopped
+        process.send_signal(signal.SIGSTOP)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="TimeoutError"):
+            await state.score_and_add_async(*request)
+        first = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="tried again within 1 s"):
+            await state.score_and_add_async(*request)
+        refused = time.monotonic() - started
+        ticker.cancel()
+        await asyncio.sleep(1.1)  # the breaker lets requests through again
+        waiting = asyncio.create_task(state.score_and_add_async(*later(1, "new")))
+        await asyncio.sleep(0.2)
+        waiting.cancel()  # e.g. the server shutting down: its reply must not go to the next
+        process.send_signal(signal.SIGCONT)
+        # c1's one row; the cancelled request's reply (a new customer: no rows) is not read
+        assert await state.score_and_add_async(*later(2, "c1")) == (1, 0)
+        return ticks, first, refused
+
+    try:
+        ticks, first, refused = asyncio.run(main())
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert 0.9 <= first < 1.5 and refused < 0.1  # one timeout: not tried again
+    assert ticks >= 30  # about 90 in the second waited; a synchronous call: none
+    state.close()
     process.terminate()
     process.wait(10)
 

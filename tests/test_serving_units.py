@@ -29,7 +29,7 @@ from kserve.protocol.infer_type import (
 )
 from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from serving_helpers import instance, later_transactions, shared_model, tensors
+from serving_helpers import instance, later_transactions, predict, shared_model, tensors
 
 from components.bundle import Bundle, fetch_bundle
 from components.features import compute_features
@@ -616,8 +616,8 @@ def test_request_entries_pickle_compactly_and_give_the_same_records(bundle):
 
     detector, entries = _logging_detector(bundle, log_features=True)
     rows = [instance(r) for r in later_transactions(80).to_dict("records")]
-    detector.predict({"instances": rows[:1]})
-    detector.predict({"instances": rows[1:]})  # larger than a small column
+    predict(detector, {"instances": rows[:1]})
+    predict(detector, {"instances": rows[1:]})  # larger than a small column
     for entry in entries:
         copy = pickle.loads(pickle.dumps(entry))
         assert copy.records() == entry.records()
@@ -631,12 +631,12 @@ def test_request_entries_written_as_columns_equal_the_records(bundle, tmp_path, 
         row.pop("merchant_category", None)  # an optional field some transactions lack
     for row in rows[60:]:
         row["channel"] = None  # given, but null in every transaction of a request
-    detector.predict({"instances": rows[:1]})
-    detector.predict({"instances": rows[1:60]})
+    predict(detector, {"instances": rows[:1]})
+    predict(detector, {"instances": rows[1:60]})
     inputs = [
         InferInput(t["name"], t["shape"], t["datatype"], t["data"]) for t in tensors(rows[60:])
     ]
-    detector.predict(InferRequest("fraud", inputs))
+    predict(detector, InferRequest("fraud", inputs))
     assert all(e.columns is not None for e in entries)
     as_columns, as_records = LocalStore(tmp_path / "c"), LocalStore(tmp_path / "r")
     assert write_entries(as_columns, entries, []).written == 90
@@ -682,7 +682,7 @@ def test_a_request_orjson_cannot_pack_is_still_logged(bundle):
     row = instance(later_transactions(1).to_dict("records")[0])
     row["transaction_id"] = "tx-\ud800"
     inputs = [InferInput(t["name"], t["shape"], t["datatype"], t["data"]) for t in tensors([row])]
-    response = detector.predict(InferRequest("fraud", inputs))
+    response = predict(detector, InferRequest("fraud", inputs))
     assert response.outputs[0].data.tolist() == ["tx-\ud800"]
     (entry,) = entries
     assert entry.columns is columns_for
@@ -692,7 +692,7 @@ def test_a_request_orjson_cannot_pack_is_still_logged(bundle):
 def test_a_waiting_log_entry_is_one_object_for_the_garbage_collector(bundle):
     detector, entries = _logging_detector(bundle, log_features=False)
     rows = [instance(r) for r in later_transactions(3).to_dict("records")]
-    detector.predict({"instances": rows})
+    predict(detector, {"instances": rows})
     gc.collect()
     (entry,) = entries
     assert not hasattr(entry, "__dict__") and not gc.is_tracked(entry.args)
@@ -702,9 +702,9 @@ def test_a_waiting_log_entry_is_one_object_for_the_garbage_collector(bundle):
 def test_a_block_that_cannot_be_written_falls_back_to_records(bundle, tmp_path):
     detector, entries = _logging_detector(bundle, log_features=False)
     rows = [instance(r) for r in later_transactions(10).to_dict("records")]
-    detector.predict({"instances": rows[:4]})
+    predict(detector, {"instances": rows[:4]})
     detector.name = ""  # no key can be made of an empty model name
-    detector.predict({"instances": rows[4:]})
+    predict(detector, {"instances": rows[4:]})
     result = write_entries(LocalStore(tmp_path), entries, [])
     assert (result.written, result.invalid) == (4, 6)
     assert len(read_records(LocalStore(tmp_path), "fraud")) == 4
@@ -960,17 +960,17 @@ def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bund
         return detector
 
     first = server()
-    first.predict({"instances": rows[:100]}, {})
+    predict(first, {"instances": rows[:100]}, {})
     for row in rows[100:150]:
-        first.predict({"instances": [row]}, {})
+        predict(first, {"instances": [row]}, {})
     first.close()  # the log is written on shutdown
     second = server()
-    got = [second.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]]
+    got = [predict(second, {"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]]
     second.close()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     forgetful = server(replay_log=False)
     again = [
-        forgetful.predict({"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]
+        predict(forgetful, {"instances": [r]}, {})["predictions"][0]["score"] for r in rows[150:]
     ]
     forgetful.close()
     assert not np.allclose(again, expected, rtol=1e-6)
@@ -994,7 +994,7 @@ def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
     before = detector.state.stats()
     tiny = {**GOOD, "amount": 1e15, "account_balance": 5e-324}  # beyond even float64
     with pytest.raises(InvalidTransactions) as info:
-        detector.predict({"instances": [{**GOOD, "transaction_id": "t-0"}, tiny]}, {})
+        predict(detector, {"instances": [{**GOOD, "transaction_id": "t-0"}, tiny]}, {})
     assert "transaction 1 ('t-1'): feature 'amount_to_balance' overflows" in str(info.value)
     assert info.value.status == 400
     assert detector.state.stats() == before  # neither transaction entered the state
@@ -1003,18 +1003,18 @@ def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
         before_watermark = detector.state.redis.get(watermark)
         now = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
         with pytest.raises(InvalidTransactions):
-            detector.predict({"instances": [{**tiny, "timestamp": now}]}, {})
+            predict(detector, {"instances": [{**tiny, "timestamp": now}]}, {})
         assert detector.state.redis.get(watermark) == before_watermark
     # an amount over a minute mean of the customer's window: refused once the history is read
     minute = {**GOOD, "transaction_id": "t-minute", "customer_id": "C-minute", "amount": 1e-30}
-    detector.predict({"instances": [minute]}, {})
+    predict(detector, {"instances": [minute]}, {})
     kept = detector.state.stats()
     huge = {**minute, "transaction_id": "t-huge", "timestamp": "2026-05-16T10:05:00Z"}
     huge.update(amount=1e15, account_balance=1e15)
     with pytest.raises(InvalidTransactions, match=r"'t-huge'.* overflows"):
-        detector.predict({"instances": [huge]}, {})
+        predict(detector, {"instances": [huge]}, {})
     assert detector.state.stats() == kept  # in Redis: added with the read, then taken out
-    ok = detector.predict({"instances": [{**tiny, "account_balance": 1e-3}]}, {})
+    ok = predict(detector, {"instances": [{**tiny, "account_balance": 1e-3}]}, {})
     after = detector.state.stats()
     if shared:
         drop_version(detector.state.redis, detector.name, detector.version)
