@@ -1,13 +1,15 @@
 """Serving: latency and throughput of the KServe model server, against an empty KServe model.
 
-Five servers run on loopback at once, each a real ``python -m ...`` process with the same
+Six servers run on loopback at once, each a real ``python -m ...`` process with the same
 KServe settings: an empty model (``serving.echo``: its ``predict`` returns the input,
 so what is left is KServe's own cost on this machine), the fraud model with its defaults (reason
 codes for every transaction, inference log on, plain-JSON scoring answered by
 ``serving.direct_routes``), the same with every request through KServe's FastAPI routes
 (``--direct_routes false``), the fraud model with reason codes for alerts only, and the fraud
 model with its online state in Redis (``--state_redis_url``, a ``redis-server`` on loopback, as
-several replicas of a version would share it). The load
+several replicas of a version would share it), and the same with that Redis behind a proxy
+that delays each way (:mod:`benchmarks.delay_proxy`: Redis across a slow link; V1 singles
+only). The load
 comes from a separate process (this module's ``load`` command: asyncio and uvloop over raw
 keep-alive sockets, closed loop, one request in flight per connection) replaying generated
 transactions in time order, so the online state evolves as in production: the first 150,000
@@ -310,6 +312,8 @@ PAIRED = ("v1 c1", "v2 c1")
 """Run back to back on each server in every round: the V2 target is a ratio to V1, and a
 ratio of two p99s taken in the same half-minute is not moved by this machine's drift."""
 PAIRED_REPEATS = 5
+PROXY_DELAY = 0.000_25
+"""Seconds the ``redis-remote`` server's Redis proxy holds each chunk, each way."""
 
 
 def _catch_up(server: _Server, path: str, singles: Path, start: int) -> None:
@@ -370,7 +374,7 @@ def _measure(
     for phase in ("single", "batch"):
         if phase == "batch":
             for under in servers:
-                if not under.stateless:
+                if not under.stateless and any(sc[0].endswith("batch") for sc in under.scenarios):
                     _catch_up(
                         under.server,
                         paths[under.model]["v1"],
@@ -445,7 +449,20 @@ def run():
         model = f"{store}#fraud-detector"
         servers: list[_Under] = []
         redis_server, redis_url = start_redis_server()
-        try:  # all five up at once (idle ones cost memory, not CPU), measured in turns
+        # the same Redis behind a proxy delaying each way (database 1: a state of its own)
+        proxy_port = _free_port()
+        proxy = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "benchmarks.delay_proxy", str(proxy_port)),
+                *(redis_url.rsplit(":", 1)[1].split("/")[0], str(PROXY_DELAY)),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        proxy.stdout.readline()  # "ready"
+        remote_url = f"redis://127.0.0.1:{proxy_port}/1"
+        try:  # all six up at once (idle ones cost memory, not CPU), measured in turns
             for label, module, args, scenarios in (
                 ("echo", "serving.echo", ["--model_name", "echo"], SCENARIOS),
                 (
@@ -481,6 +498,15 @@ def run():
                     ],
                     [*SCENARIOS[:3], SCENARIOS[4]],
                 ),
+                (
+                    "redis-remote",
+                    "serving",
+                    [
+                        *("--model_uri", model, "--log_store", f"{tmp}/log5"),
+                        *("--state_redis_url", remote_url),
+                    ],
+                    SCENARIOS[:2],
+                ),
             ):
                 server = _Server(module, [*args, *common], folder / f"{label}.log")
                 name = "echo" if label == "echo" else "fraud-detector"
@@ -489,6 +515,8 @@ def run():
         finally:
             for under in servers:
                 under.server.stop()
+            proxy.terminate()
+            proxy.wait(10)
             redis_server.terminate()
             redis_server.wait(10)
     return _figures(results, ratios, Figure)
@@ -496,7 +524,7 @@ def run():
 
 def _figures(results: dict, ratios: dict[str, list[float]], Figure) -> list:
     fraud, echo, alerts = results["fraud"], results["echo"], results["alerts"]
-    shared = results["redis"]
+    shared, remote = results["redis"], results["redis-remote"]
     routes = results["kserve-routes"]
 
     def floor(name: str, key: str) -> str:
@@ -625,6 +653,19 @@ def _figures(results: dict, ratios: dict[str, list[float]], Figure) -> list:
             shared["v1 c4"]["rps"] >= 1500,
             f"p99 {shared['v1 c4']['p99_ms']:.2f} ms; in memory {v1c4['rps']:,.0f} req/s "
             "(one replica; replicas sharing Redis add throughput)",
+        ),
+        Figure(
+            "V1 single transaction, throughput, concurrency 4, online state in Redis across a "
+            "slow link",
+            remote["v1 c4"]["rps"],
+            "req/s",
+            "",
+            None,
+            f"p99 {remote['v1 c4']['p99_ms']:.2f} ms; Redis behind a proxy delaying each way "
+            f"by {PROXY_DELAY * 1e3:g} ms: concurrency 1 p50 {remote['v1 c1']['p50_ms']:.2f} ms, "
+            f"{remote['v1 c1']['p50_ms'] - shared['v1 c1']['p50_ms']:.2f} ms more than on "
+            "loopback; a replica that held its event loop for the round trip would serve at "
+            f"most {1000 / remote['v1 c1']['p50_ms']:,.0f} req/s (1 / that p50)",
         ),
         Figure(
             "V1 batches of 1,000, throughput, online state in Redis",
