@@ -411,10 +411,10 @@ def _measure(
     v1, v2 = PAIRED
     ratios = {
         under.label: [
-            b["p99_ms"] / a["p99_ms"]
-            for a, b in zip(under.runs.get(v1, []), under.runs.get(v2, []), strict=True)
+            b["p99_ms"] / a["p99_ms"] for a, b in zip(under.runs[v1], under.runs[v2], strict=True)
         ]
         for under in servers
+        if v1 in under.runs and v2 in under.runs  # both paired scenarios on this server
     }
     return medians, ratios
 
