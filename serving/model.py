@@ -669,6 +669,23 @@ class FraudDetector(Model):
             batch = from_tensors(payload.inputs, self.schema)
         else:
             batch = from_instances(_json(payload), self.schema)
+        answer = self._answer(payload, batch, protocol, headers, started)
+        if isinstance(self.state, InMemoryOnlineState):
+            return await answer  # nothing awaited inside: a cancellation cannot land there
+        # a cancelled request (a gRPC deadline, a client gone) is still scored, added and
+        # logged, as a request that was not awaited would be: a state that took its
+        # transaction must have it in the log too (replays, retries counted once)
+        return await asyncio.shield(answer)
+
+    async def _answer(
+        self,
+        payload: dict | InferRequest | bytes,
+        batch: TransactionBatch,
+        protocol: str,
+        headers: dict[str, str] | None,
+        started: float,
+    ) -> dict | InferResponse:
+        """Score ``batch``, add it to the state, log it, and build the response."""
         try:
             scored = await self.scorer.score_async(
                 batch, 1 if self.event_loop is not None else None
@@ -684,7 +701,7 @@ class FraudDetector(Model):
         request_id = _request_id(headers, payload)
         response = (
             self._v2_response(payload, batch, scored, request_id)
-            if v2
+            if protocol == "v2"
             else self._v1_response(batch, scored)
         )
         latency_ms = (time.perf_counter() - started) * 1000.0

@@ -21,10 +21,12 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["LoopConnections"]
+__all__ = ["MAX_IDLE", "LoopConnections"]
+
+MAX_IDLE = 8
+"""Idle connections kept per event loop; those a burst opened beyond it are closed."""
 
 
 class LoopConnections:
@@ -50,25 +52,25 @@ class LoopConnections:
             e.g. ``NoScriptError``) in its place, for the caller to raise.
 
         Raises:
-            redis.exceptions.ConnectionError: Redis could not be reached, twice in a row. The
-                first failure is tried again at once on a new connection: a connection left
-                idle may be to a Redis that restarted since (the server closed it).
-            redis.exceptions.TimeoutError: Redis did not answer within the socket timeout (not
-                tried again: a Redis that hangs costs a request one timeout).
+            redis.exceptions.ConnectionError: Redis could not be reached, or the connection
+                broke. Never tried again: once the commands are written, Redis may have run
+                them (a step run twice would see its own rows), so the caller answers 503.
+            redis.exceptions.TimeoutError: Redis did not answer within the socket timeout.
         """
         connection = self._idle.pop() if self._idle else self._pool.make_connection()
         try:
-            try:
-                return await self._send_and_read(connection, commands)
-            except RedisConnectionError:
-                return await self._send_and_read(connection, commands)
+            # an idle connection that Redis closed (a restart) is at EOF once the loop has
+            # seen it: open a new one rather than lose this request
+            if connection.is_connected and await connection.can_read():
+                await connection.disconnect(nowait=True)
+            return await self._send_and_read(connection, commands)
         except BaseException:
             # redis-py disconnects on a failed read or write; also after a cancellation
             # between them, whose reply the next request would otherwise read as its own
             await connection.disconnect(nowait=True)
             raise
         finally:
-            if self._closed:
+            if self._closed or len(self._idle) >= MAX_IDLE:  # a burst's extra ones go
                 await connection.disconnect(nowait=True)
             else:
                 self._idle.append(connection)
@@ -96,13 +98,10 @@ class LoopConnections:
             await connection.disconnect()
 
     def close(self) -> None:
-        """:meth:`aclose` from synchronous code: on the loop now when it is idle, else as
-        soon as it runs (from its own thread or another one); a closed loop took its sockets
-        with it."""
+        """:meth:`aclose` from synchronous code: on the loop when it runs (this thread's or
+        another's); else the sockets are aborted (those of a closed loop wait for the
+        garbage collector: their transports can no longer be closed)."""
         loop = self.loop
-        if loop.is_closed():
-            self._closed = True
-            return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -114,7 +113,12 @@ class LoopConnections:
         elif loop.is_running():
             asyncio.run_coroutine_threadsafe(self.aclose(), loop)
         else:
-            loop.run_until_complete(self.aclose())
+            self._closed = True
+            idle, self._idle = self._idle, []
+            for connection in idle:
+                writer = connection._writer  # redis-py's StreamWriter: no public sync close
+                if writer is not None and not loop.is_closed():
+                    writer.transport.abort()
 
 
 _closing: set[asyncio.Task] = set()

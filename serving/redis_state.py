@@ -417,6 +417,7 @@ class RedisOnlineState:
         self.redis = client or redis.Redis.from_url(url, **CLIENT_OPTIONS)
         self._connect_url = url  # for the request path's asyncio connections
         self._on_loop: LoopConnections | None = None
+        self._closed = False
         p = self.prefix
         self._meta = [p + k for k in ("watermark", "idx:c", "idx:t", "rows:c", "rows:t")]
         self._seeded, self._lock = p + "seeded", p + "seeding"
@@ -651,6 +652,11 @@ class RedisOnlineState:
         self, keys: list[str], args: list[Any], reads: list[str]
     ) -> tuple[list[int], list[bytes]]:
         """:meth:`_read_and_append` on this event loop's connections."""
+        if self._closed:  # replaced (seeded again, or a new bundle): not to be reopened
+            raise StateUnavailable(
+                f"the online state in Redis at {self.url} was closed by a reload of this "
+                "version: try again"
+            )
         loop = asyncio.get_running_loop()
         if self._on_loop is None or self._on_loop.loop is not loop:
             if self._on_loop is not None:
@@ -961,6 +967,7 @@ class RedisOnlineState:
         """Stop the heartbeat and close the connections."""
         self.stop_heartbeat()
         self.redis.close()
+        self._closed = True
         if self._on_loop is not None:
             self._on_loop.close()
             self._on_loop = None

@@ -27,10 +27,15 @@ CONFIG = GeneratorConfig(n_customers=300, n_terminals=600, n_days=45, seed=5)
 _LOOP = asyncio.new_event_loop()
 
 
+def on_loop(coroutine: Any) -> Any:
+    """Run ``coroutine`` to its end on one event loop for the whole session, as in a server:
+    a Redis state's asyncio connections belong to their loop."""
+    return _LOOP.run_until_complete(coroutine)
+
+
 def predict(model: Any, payload: Any, headers: dict[str, str] | None = None) -> Any:
-    """``model.predict`` (a coroutine, as KServe awaits it) run to its end on one event loop
-    for the whole session, as in a server: a Redis state's asyncio client belongs to its loop."""
-    return _LOOP.run_until_complete(model.predict(payload, headers))
+    """``model.predict`` (a coroutine, as KServe awaits it) run to its end (:func:`on_loop`)."""
+    return on_loop(model.predict(payload, headers))
 
 
 @dataclass(frozen=True)

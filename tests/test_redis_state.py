@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+import redis.asyncio as aredis
 from conftest import start_redis_server
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from serving.redis_state import (
+    BREAK_SECONDS,
     READ_IN_SCRIPT,
     ROW,
     SERVED_SECONDS,
@@ -549,6 +551,44 @@ def test_a_request_after_redis_restarted_with_its_data_is_answered():
         state.close()
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.parametrize("in_script", [True, False], ids=["script reads", "MGET in MULTI"])
+def test_a_reply_lost_after_redis_ran_the_step_is_a_503_not_a_second_step(
+    fresh, monkeypatch, in_script
+):
+    """The connection breaks after Redis ran the step (a proxy reset, a failover): the step
+    is not sent again, which would score the request on a history holding its own row. The
+    request is refused (503); the client's retry is then counted as a repeat, once."""
+    state = fresh()
+    state.read_in_script = READ_IN_SCRIPT if in_script else 0
+    count = lambda history: len(history.customers)  # noqa: E731
+    read = aredis.Connection.read_response
+    lost = []
+
+    async def read_then_break(self, *args, **kwargs):
+        reply = await read(self, *args, **kwargs)  # Redis ran the command
+        if not lost:
+            lost.append(reply)
+            await self.disconnect(nowait=True)
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        return reply
+
+    def request(transaction: str, at: int) -> tuple:
+        return (["c"], ["t"], ["c"], ["t"], np.array([DAY + at]), np.ones(1), [transaction], count)
+
+    async def main() -> tuple:
+        first = await state.score_and_add_async(*request("a", 0))
+        monkeypatch.setattr(aredis.Connection, "read_response", read_then_break)
+        with pytest.raises(StateUnavailable, match="cannot be reached"):
+            await state.score_and_add_async(*request("b", 1))
+        await asyncio.sleep(BREAK_SECONDS + 0.1)  # the breaker lets requests through again
+        return first, await state.score_and_add_async(*request("b", 1))
+
+    first, retried = asyncio.run(main())
+    assert first == (0, 0) and lost
+    assert retried == (2, 1)  # a and b in its history; b there already: counted once
+    assert state.stats()["customer_rows"] == 2
 
 
 def test_a_request_waiting_for_a_hanging_redis_leaves_the_event_loop_free():

@@ -6,10 +6,12 @@ real inputs (a tiny trained bundle, a local store, generated transactions).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import math
 import re
+import signal
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -18,6 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import start_redis_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kserve.protocol.infer_type import (
@@ -29,7 +32,14 @@ from kserve.protocol.infer_type import (
 )
 from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from serving_helpers import instance, later_transactions, predict, shared_model, tensors
+from serving_helpers import (
+    instance,
+    later_transactions,
+    on_loop,
+    predict,
+    shared_model,
+    tensors,
+)
 
 from components.bundle import Bundle, fetch_bundle
 from components.features import compute_features
@@ -977,6 +987,43 @@ def test_a_restarted_server_replays_its_inference_log_into_the_online_state(bund
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # overflow is expected, not warned about
+def test_a_request_cancelled_while_it_waits_for_redis_is_still_added_and_logged(bundle, tmp_path):
+    """A gRPC deadline or a client gone cancels ``predict`` while it awaits Redis: the
+    transaction that Redis takes is in the inference log too (replays and retries rely on
+    it), as before ``predict`` awaited anything."""
+    process, url = start_redis_server()
+    name = f"fraud-{uuid.uuid4().hex[:8]}"
+    detector = FraudDetector(
+        name,
+        parse_model_uri(str(bundle.folder)),
+        ServingConfig(replay_log=False, log_process=False, state_redis_url=url),
+        log_store=LocalStore(tmp_path / "log"),
+    )
+    detector.load()
+    rows_before = detector.state.stats()["customer_rows"]
+
+    async def cancelled_while_waiting() -> None:
+        process.send_signal(signal.SIGSTOP)
+        task = asyncio.ensure_future(detector.predict({"instances": [GOOD]}, {}))
+        await asyncio.sleep(0.2)  # waiting for the stopped Redis
+        task.cancel()
+        process.send_signal(signal.SIGCONT)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)  # the rest of the request goes on
+
+    try:
+        on_loop(cancelled_while_waiting())
+        assert detector.state.stats()["customer_rows"] == rows_before + 1
+        detector.close()  # the log is written on shutdown
+        records = read_records(LocalStore(tmp_path / "log"), name)
+        assert [r["transaction"]["transaction_id"] for r in records] == [GOOD["transaction_id"]]
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        process.wait(10)
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
 def test_a_feature_that_overflows_float32_is_a_client_error_and_leaves_no_trace(
     bundle, shared, request
