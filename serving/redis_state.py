@@ -108,7 +108,7 @@ this long: ``fraudops state prune`` never drops a version whose mark is there.""
 HEARTBEAT_SECONDS = 60
 READ_IN_SCRIPT = 64
 """A request whose customers and terminals are at most this many keys has them read by the
-append script itself; a larger one by an ``MGET`` beside it (see ``_read_and_append``)."""
+append script itself; a larger one by an ``MGET`` beside it (see ``_read_and_append_async``)."""
 CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 0.5,
     "socket_timeout": 1.0,
@@ -528,29 +528,6 @@ class RedisOnlineState:
         except RedisError as e:
             raise self._failed(e) from e
 
-    def score_and_add(
-        self,
-        customers: Sequence[str],
-        terminals: Sequence[str],
-        customer_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        time_ms: np.ndarray,
-        amount: np.ndarray,
-        transaction_ids: Sequence[str] | None,
-        score: Callable[[History], R],
-    ) -> tuple[R, int]:
-        """One script reads the history and adds the transactions: one round trip, and
-        atomic, so the replicas score as one server would (a request sees every transaction
-        of its entities that another replica added before). When ``score`` raises, a second
-        script takes out the rows this one added (a refused request leaves no rows; the
-        watermark it may have moved stays, as it would for any accepted request)."""
-        step = (customers, terminals, customer_ids, terminal_ids, time_ms, amount)
-        if not 0 < len(customer_ids) <= CHUNK:  # a large batch: read, then add in chunks
-            return read_score_append(self, *step, transaction_ids, score)
-        keys, args, reads = self._step(*step, transaction_ids)
-        reply = self._read_and_append(keys, args, reads)
-        return self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
-
     async def score_and_add_async(
         self,
         customers: Sequence[str],
@@ -562,9 +539,15 @@ class RedisOnlineState:
         transaction_ids: Sequence[str] | None,
         score: Callable[[History], R],
     ) -> tuple[R, int]:
-        """:meth:`score_and_add` with the round trip awaited (see :mod:`serving.redis_async`):
-        while Redis answers, the server parses and scores other requests. A batch of over
-        :data:`CHUNK` transactions takes the synchronous path."""
+        """One step reads the history and adds the transactions: one round trip, and atomic,
+        so the replicas score as one server would (a request sees every transaction of its
+        entities that another replica added before). When ``score`` raises, a second script
+        takes out the rows this one added (a refused request leaves no rows; the watermark it
+        may have moved stays, as it would for any accepted request).
+
+        The round trip is awaited (see :mod:`serving.redis_async`): while Redis answers, the
+        server parses and scores other requests. A batch of over :data:`CHUNK` transactions
+        is read, scored, then added in chunks, synchronously (not one step)."""
         step = (customers, terminals, customer_ids, terminal_ids, time_ms, amount)
         if not 0 < len(customer_ids) <= CHUNK:
             return read_score_append(self, *step, transaction_ids, score)
@@ -621,37 +604,13 @@ class RedisOnlineState:
             raise
         return result, len(repeated)
 
-    def _read_and_append(
-        self, keys: list[str], args: list[Any], reads: list[str]
-    ) -> tuple[list[int], list[bytes]]:
-        """The append script, and the values of ``reads`` just before it, in one step: the
-        script reads them for a few keys (one command); for more, ``MGET`` and the script go
-        in one ``MULTI`` (a large Lua reply is slower than ``MGET``'s)."""
-        if len(reads) <= self.read_in_script:
-            return self._call(self._append, [*keys, *reads], [*args, len(reads)])
-        self._check_breaker()
-        try:
-            try:
-                return self._multi(keys, args, reads)
-            except NoScriptError:  # Redis restarted or flushed its scripts
-                self.redis.script_load(_APPEND)
-                return self._multi(keys, args, reads)
-        except RedisError as e:
-            raise self._failed(e) from e
-
-    def _multi(
-        self, keys: list[str], args: list[Any], reads: list[str]
-    ) -> tuple[list[int], list[bytes]]:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.mget(reads)
-            pipe.evalsha(self._append.sha, len(keys), *keys, *args, 0)
-            values, (repeated, _) = pipe.execute()
-        return repeated, values
-
     async def _read_and_append_async(
         self, keys: list[str], args: list[Any], reads: list[str]
     ) -> tuple[list[int], list[bytes]]:
-        """:meth:`_read_and_append` on this event loop's connections."""
+        """The append script, and the values of ``reads`` just before it, in one step, on
+        this event loop's connections: the script reads them for a few keys (one command);
+        for more, ``MGET`` and the script go in one ``MULTI`` (a large Lua reply is slower
+        than ``MGET``'s)."""
         if self._closed:  # replaced (seeded again, or a new bundle): not to be reopened
             raise StateUnavailable(
                 f"the online state in Redis at {self.url} was closed by a reload of this "

@@ -1,8 +1,8 @@
 """Score validated transactions: online features, model, decision, reason codes, state update.
 
-Pure logic apart from KServe (the :class:`serving.model.FraudDetector` is the glue). One call
-of :meth:`Scorer.score` reads the history of the request's customers and terminals, computes the
-features, scores, decides at the bundle's threshold, explains, and then appends the
+Pure logic apart from KServe (the :class:`serving.model.FraudDetector` is the glue). One
+call of :meth:`Scorer.score_async` reads the history of the request's customers and terminals,
+computes the features, scores, decides at the bundle's threshold, explains, and then appends the
 transactions to the online state (only after they were scored, so a failure leaves the state
 unchanged).
 """
@@ -118,10 +118,10 @@ class Scorer:
     ) -> None:
         """Queue transactions another server scored (another version of the model) for the
         online state: :meth:`apply_scored_elsewhere` adds them, chunk by chunk (before a
-        request is scored, see :meth:`score`, and wherever the caller schedules it).
+        request is scored, see :meth:`score_async`, and wherever the caller schedules it).
 
         Safe to call from any thread: the state itself is only ever changed on the thread
-        that scores (:meth:`score`, :meth:`apply_scored_elsewhere`), so scoring needs no lock.
+        that scores (:meth:`score_async`, :meth:`apply_scored_elsewhere`), so scoring needs no lock.
         """
         self.scored_elsewhere.append(
             ("append", (customer_ids, terminal_ids, time_ms, amount, None, transaction_ids))
@@ -177,8 +177,9 @@ class Scorer:
             )
         return matrix
 
-    def score(self, batch: TransactionBatch, catch_up: int | None = None) -> Scored:
-        """Score ``batch``, then add it to the online state.
+    async def score_async(self, batch: TransactionBatch, catch_up: int | None = None) -> Scored:
+        """Score ``batch``, then add it to the online state (a state in Redis awaits its
+        round trip, so the server works on other requests meanwhile).
 
         Args:
             batch: Validated transactions.
@@ -187,18 +188,15 @@ class Scorer:
                 large catch-up never holds one request for long.
         """
         state, step = self._step(batch, catch_up)
-        return self._counted(*state.score_and_add(*step))
-
-    async def score_async(self, batch: TransactionBatch, catch_up: int | None = None) -> Scored:
-        """:meth:`score` on the event loop: a state in Redis awaits its round trip, so the
-        server works on other requests meanwhile (in memory nothing is awaited: the same)."""
-        state, step = self._step(batch, catch_up)
-        return self._counted(*await state.score_and_add_async(*step))
+        result, repeated = await state.score_and_add_async(*step)
+        if repeated and self.on_repeated is not None:
+            self.on_repeated(repeated)
+        return result
 
     def _step(
         self, batch: TransactionBatch, catch_up: int | None
     ) -> tuple[OnlineState, tuple[Any, ...]]:
-        """The state, and the arguments of its ``score_and_add`` for ``batch``."""
+        """The state, and the arguments of its ``score_and_add_async`` for ``batch``."""
         state = self.state
         if state is None:
             raise RuntimeError("the scorer has no online state yet")
@@ -238,8 +236,3 @@ class Scorer:
             scored,
         )
         return state, step
-
-    def _counted(self, result: Scored, repeated: int) -> Scored:
-        if repeated and self.on_repeated is not None:
-            self.on_repeated(repeated)
-        return result

@@ -104,7 +104,7 @@ class OnlineState(Protocol):
         Returns how many were not added for that reason."""
         ...
 
-    def score_and_add(
+    async def score_and_add_async(
         self,
         customers: Sequence[str],
         terminals: Sequence[str],
@@ -117,26 +117,12 @@ class OnlineState(Protocol):
     ) -> tuple[R, int]:  # pragma: no cover - protocol
         """One request's step: the history of the (distinct) ``customers`` and ``terminals``
         goes to ``score``, then the transactions are added as :meth:`append` adds them.
-        When ``score`` raises, the state is left as it was and the error goes on.
+        When ``score`` raises, the state is left as it was and the error goes on. A remote
+        state awaits its round trip, so the server takes other requests meanwhile.
 
         Returns:
             What ``score`` returned, and how many transactions were there already.
         """
-        ...
-
-    async def score_and_add_async(
-        self,
-        customers: Sequence[str],
-        terminals: Sequence[str],
-        customer_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        time_ms: np.ndarray,
-        amount: np.ndarray,
-        transaction_ids: Sequence[str] | None,
-        score: Callable[[History], R],
-    ) -> tuple[R, int]:  # pragma: no cover - protocol
-        """:meth:`score_and_add` for the event loop: a remote state awaits its round trip,
-        so the server takes other requests meanwhile instead of waiting idle."""
         ...
 
     def set_labels(
@@ -165,7 +151,7 @@ def read_score_append(
     transaction_ids: Sequence[str] | None,
     score: Callable[[History], R],
 ) -> tuple[R, int]:
-    """:meth:`OnlineState.score_and_add` as three steps (read, score, append): exact for a
+    """:meth:`OnlineState.score_and_add_async` as three steps (read, score, append): exact for a
     state that one thread changes, as :class:`InMemoryOnlineState`."""
     result = score(state.history_for(customers, terminals))
     repeated = state.append(
@@ -451,11 +437,9 @@ class InMemoryOnlineState:
         self.terminals.prune(floor, self.sweep_per_append)
         return len(held)
 
-    # read, score, append: exact here, as one thread changes this state
-    score_and_add = read_score_append
-
     async def score_and_add_async(self, *step: Any) -> tuple[Any, int]:
-        """:meth:`score_and_add`: nothing to wait for in memory (so never interleaved)."""
+        """Read, score, append: exact here, as one thread changes this state; nothing to wait
+        for, so requests never interleave."""
         return read_score_append(self, *step)
 
     def set_labels(

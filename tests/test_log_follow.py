@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
-from serving_helpers import instance, later_transactions, predict, shared_model
+from serving_helpers import instance, later_transactions, on_loop, predict, shared_model
 
 from components.bundle import Bundle, fetch_bundle, register_bundle
 from components.features import compute_features
@@ -265,9 +265,9 @@ def test_a_request_catches_up_one_chunk_when_the_event_loop_adds_the_rest(bundle
         batch = from_instances(
             {"instances": [instance(later_transactions(1).iloc[0])]}, detector.schema
         )
-        scorer.score(batch, catch_up=1)
+        on_loop(scorer.score_async(batch, catch_up=1))
         assert len(scorer.scored_elsewhere) == 2
-        scorer.score(batch)
+        on_loop(scorer.score_async(batch))
         assert len(scorer.scored_elsewhere) == 0
     finally:
         detector.close()

@@ -20,6 +20,7 @@ import redis.asyncio as aredis
 from conftest import start_redis_server
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from serving_helpers import on_loop
 
 from serving.redis_state import (
     BREAK_SECONDS,
@@ -180,8 +181,10 @@ def _request(state, args: tuple, refuse: bool) -> tuple[History, int] | None:
         return history
 
     try:
-        return state.score_and_add(
-            sorted(set(customers)), sorted(set(terminals)), *args[:4], ids, score
+        return on_loop(
+            state.score_and_add_async(
+                sorted(set(customers)), sorted(set(terminals)), *args[:4], ids, score
+            )
         )
     except Refused:
         return None
@@ -233,9 +236,9 @@ def test_replicas_scoring_one_customer_at_once_see_each_other_as_one_server_woul
     second = _redis_state(redis_url, first.version)
     seen: dict[str, list[int]] = {"1": [], "2": []}
 
-    def score(name: str, state: RedisOnlineState) -> None:
+    async def requests(name: str, state: RedisOnlineState) -> None:
         for i in range(200):
-            count, repeated = state.score_and_add(
+            count, repeated = await state.score_and_add_async(
                 ["c"],
                 ["t"],
                 ["c"],
@@ -248,6 +251,9 @@ def test_replicas_scoring_one_customer_at_once_see_each_other_as_one_server_woul
             assert repeated == 0
             seen[name].append(count)
 
+    def score(name: str, state: RedisOnlineState) -> None:  # each replica its own event loop
+        asyncio.run(requests(name, state))
+
     threads = [threading.Thread(target=score, args=p) for p in (("1", first), ("2", second))]
     for t in threads:
         t.start()
@@ -256,13 +262,6 @@ def test_replicas_scoring_one_customer_at_once_see_each_other_as_one_server_woul
     second.close()
     assert sorted(seen["1"] + seen["2"]) == list(range(400))
     assert first.stats()["customer_rows"] == 400
-
-
-def _step_of(state: RedisOnlineState, asynchronous: bool):
-    """``state.score_and_add``, or its asyncio twin run on a loop of its own."""
-    if not asynchronous:
-        return state.score_and_add
-    return lambda *step: asyncio.run(state.score_and_add_async(*step))
 
 
 @pytest.mark.parametrize("in_script", [True, False], ids=["script reads", "MGET in MULTI"])
@@ -311,13 +310,12 @@ def test_requests_awaiting_redis_on_one_event_loop_overlap_and_score_as_one_serv
     assert most_waiting >= 8  # a synchronous step never yields: at most 1
 
 
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "asyncio"])
 @pytest.mark.parametrize("in_script", [True, False], ids=["script reads", "MGET in MULTI"])
-def test_a_redis_that_forgot_its_scripts_still_scores(fresh, in_script, asynchronous):
+def test_a_redis_that_forgot_its_scripts_still_scores(fresh, in_script):
     """After a ``SCRIPT FLUSH`` (or a restart that kept the data) the scripts load again."""
     state = fresh()
     state.read_in_script = READ_IN_SCRIPT if in_script else 0
-    step = _step_of(state, asynchronous)
+    step = lambda *request: on_loop(state.score_and_add_async(*request))  # noqa: E731
     args = (np.array([DAY]), np.ones(1), ["a"], lambda history: len(history.customers))
     assert step(["c"], ["t"], ["c"], ["t"], *args) == (0, 0)
     state.redis.script_flush()
@@ -383,8 +381,6 @@ def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
         lambda: state.history_for(["c1"], ["t1"]),
         lambda: state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)),
         lambda: state.set_labels(["t1"], np.array([DAY]), np.ones(1)),
-        lambda: state.score_and_add(*request),
-        lambda: in_multi.score_and_add(*request),
         lambda: asyncio.run(plain.score_and_add_async(*request)),
         lambda: asyncio.run(in_multi.score_and_add_async(*request)),
     ):
@@ -425,10 +421,7 @@ def test_wrong_credentials_and_a_full_redis_say_what_to_fix():
             ["a"],
             len,
         )
-        with pytest.raises(StateUnavailable, match=r"refused .*Redis is full") as caught:
-            state.score_and_add(*request)
-        assert "cust-42" not in str(caught.value)  # redis-py quotes the keys: not shown
-        for state.read_in_script in (READ_IN_SCRIPT, 0):  # on the event loop, both ways
+        for state.read_in_script in (READ_IN_SCRIPT, 0):  # the script or a MULTI: the same
             with pytest.raises(StateUnavailable, match=r"refused .*Redis is full") as caught:
                 asyncio.run(state.score_and_add_async(*request))
             assert "cust-42" not in str(caught.value)

@@ -600,7 +600,7 @@ def test_scorer_reasons_for_alerts_explains_only_alerts(bundle):
     scorer = Scorer(bundle, state, 3, "alerts")
     instances = [instance(r) for r in later_transactions(120).to_dict("records")]
     batch = from_instances({"instances": instances}, TransactionSchema())
-    scored = scorer.score(batch)
+    scored = on_loop(scorer.score_async(batch))
     assert scored.alert.any() and not scored.alert.all()
     for reasons, alert in zip(scored.reasons, scored.alert.tolist(), strict=True):
         assert bool(reasons) == alert  # every alert explained, no pass
@@ -674,7 +674,7 @@ def test_packed_log_entries_unpack_to_the_columns_of_the_request(bundle, log_fea
     blocks = []
     for chunk in (rows[:1], rows[1:]):
         batch = from_instances({"instances": chunk}, detector.schema)
-        scored = detector.scorer.score(batch)
+        scored = on_loop(detector.scorer.score_async(batch))
         args = (batch, scored, "fraud", "v7", "v2", "req-1", 0.25, "server", when, names)
         packed = pack_request(*args)
         assert all(isinstance(part, bytes) for part in packed if part is not None)
