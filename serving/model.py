@@ -168,11 +168,12 @@ class FraudDetector(Model):
         self._reseed_lock = threading.Lock()
         self._reseeding = False
         self._follow_loop: FollowLoop | None = None
+        self._following_lock = threading.Lock()
         self._scored_elsewhere: deque = deque()  # kept by every scorer of this model
         self.event_loop: asyncio.AbstractEventLoop | None = None
         """The loop requests are scored on (set by ``python -m serving``): the other
         versions' transactions are added there as they arrive; without it, before the next
-        request is scored."""
+        request is scored (into a state in Redis: on the follow thread, either way)."""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -496,7 +497,7 @@ class FraudDetector(Model):
 
     def _add_followed(self, logged: Logged) -> None:
         """Queue a poll's transactions, then its labels, in chunks (the follow thread); the
-        event loop applies them."""
+        event loop applies them, or this thread for a state any thread may change."""
         scorer, rows = self.scorer, logged.rows
         if scorer is None:
             return
@@ -517,9 +518,35 @@ class FraudDetector(Model):
             columns = label_columns(logged.labels)
             for start in range(0, len(logged.labels), LABEL_CHUNK):
                 scorer.add_labels(*(c[start : start + LABEL_CHUNK] for c in columns))
+        if scorer.state is not None and scorer.state.thread_safe:
+            self._apply_followed_here(scorer)
+            return
         loop = self.event_loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._apply_followed)
+
+    def _apply_followed_here(self, scorer: Scorer) -> None:
+        """The queue into a thread-safe state (Redis) on the follow thread, so the event
+        loop never waits for Redis on its behalf: a failure is tried again every second
+        until it goes in, the model closes or a new load replaces ``scorer`` (whose follow
+        thread then applies the queue they share)."""
+        failing = False
+        with self._following_lock:  # one thread at a time: a chunk is taken off once applied
+            while scorer.scored_elsewhere and not self._closed and self.scorer is scorer:
+                try:
+                    scorer.apply_scored_elsewhere()
+                except StateUnavailable as e:
+                    if not failing:
+                        log.warning(
+                            "cannot add the other versions' transactions to the state (tried "
+                            "again every second): %s",
+                            e,
+                        )
+                    failing = True
+                    if e.lost:
+                        self._seed_again(str(e))
+                        return
+                    time.sleep(1.0)
 
     def _apply_followed(self) -> None:
         """On the event loop: one chunk into the state, the rest on later turns (requests

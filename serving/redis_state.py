@@ -117,8 +117,12 @@ CLIENT_OPTIONS: dict[str, Any] = {
 """The synchronous client's and the request path's asyncio connections': a Redis that hangs
 costs a request one second, then the breaker refuses at once."""
 BREAK_SECONDS = 1.0
-"""After Redis failed to answer, requests are refused at once for this long: a Redis that hangs
-must not hold the event loop (and the liveness probe) for a timeout per request."""
+"""After Redis failed to answer, requests are refused at once for this long; then one request
+tries Redis again while the others are still refused (see ``_check_breaker``): a Redis that
+hangs must not cost every request a timeout."""
+TRYING_SECONDS = 2.0
+"""How long the request trying Redis again keeps the others refused at most (its connect and
+socket timeouts); it lets them through at once when Redis answers."""
 
 _LUA_COMMON = """
 local W = 24
@@ -399,6 +403,8 @@ class RedisOnlineState:
         client: A client to use instead of one made from ``url`` (tests).
     """
 
+    thread_safe = True  # redis-py's client is; every change is one atomic script
+
     def __init__(
         self,
         url: str,
@@ -436,6 +442,7 @@ class RedisOnlineState:
         after :meth:`stop_heartbeat`."""
         self._broken_until = 0.0
         self._broken: StateUnavailable | None = None
+        self._trying_until = 0.0
         self._stats_read = -1.0
         self._stats: dict[str, int] = dict.fromkeys(
             ("customers", "terminals", "customer_rows", "terminal_rows"), 0
@@ -443,25 +450,63 @@ class RedisOnlineState:
 
     # -- the request path -------------------------------------------------------------------
 
-    def _check_breaker(self) -> None:
-        if self._broken is not None and time.monotonic() < self._broken_until:
-            raise StateUnavailable(f"{self._broken} (tried again within {BREAK_SECONDS:g} s)")
+    def _check_breaker(self) -> bool:
+        """Refuse at once while the breaker is open (Redis failed to answer less than
+        :data:`BREAK_SECONDS` ago); after that, let one call through to try Redis again
+        (half-open) and refuse the others until it is answered or fails.
+
+        Returns:
+            Whether this call is the one trying Redis again (it must end in
+            :meth:`_answered`, :meth:`_failed` or :meth:`_gave_up`).
+        """
+        broken = self._broken
+        if broken is None:
+            return False
+        now = time.monotonic()
+        if now < self._broken_until:
+            raise StateUnavailable(f"{broken} (tried again within {BREAK_SECONDS:g} s)")
+        if now < self._trying_until:
+            raise StateUnavailable(f"{broken} (another request is trying it again)")
+        self._trying_until = now + TRYING_SECONDS
+        return True
+
+    def _answered(self) -> None:
+        """Redis answered: the breaker closes."""
+        self._broken = None
+
+    def _gave_up(self, trying: bool) -> None:
+        """A call ended without Redis answering or failing (cancelled): if it was trying
+        Redis again, the next call tries."""
+        if trying:
+            self._trying_until = 0.0
 
     def _failed(self, e: RedisError) -> StateUnavailable:
         failure = failure_of(e, self.url)
         if isinstance(e, RedisConnectionError | RedisTimeoutError):  # down or hanging, not refusing
             self._broken, self._broken_until = failure, time.monotonic() + BREAK_SECONDS
+            self._trying_until = 0.0
+        else:  # refused: it answered
+            self._answered()
         return failure
+
+    def _sync_call(self, call: Callable[[], R]) -> R:
+        """``call()`` (synchronous Redis commands) behind the breaker."""
+        trying = self._check_breaker()
+        try:
+            result = call()
+        except RedisError as e:
+            raise self._failed(e) from e
+        except BaseException:
+            self._gave_up(trying)
+            raise
+        self._answered()
+        return result
 
     def history_for(self, customer_ids: Sequence[str], terminal_ids: Sequence[str]) -> History:
         p = self.prefix
         keys = [self._seeded, *(p + "c:" + c for c in customer_ids)]
         keys += [p + "t:" + t for t in terminal_ids]
-        self._check_breaker()
-        try:
-            values = self.redis.mget(keys)
-        except RedisError as e:
-            raise self._failed(e) from e
+        values = self._sync_call(lambda: self.redis.mget(keys))
         if values[0] is None:
             raise failure_of(ResponseError("NOTSEEDED"), self.url)
         k = len(customer_ids)
@@ -522,11 +567,7 @@ class RedisOnlineState:
         return keys, args
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        self._check_breaker()
-        try:
-            return script(keys=keys, args=args)
-        except RedisError as e:
-            raise self._failed(e) from e
+        return self._sync_call(lambda: script(keys=keys, args=args))
 
     async def score_and_add_async(
         self,
@@ -552,7 +593,7 @@ class RedisOnlineState:
         if not 0 < len(customer_ids) <= CHUNK:
             return read_score_append(self, *step, transaction_ids, score)
         keys, args, reads = self._step(*step, transaction_ids)
-        self._check_breaker()
+        trying = self._check_breaker()
         try:
             try:
                 reply = await self._read_and_append_async(keys, args, reads)
@@ -561,6 +602,10 @@ class RedisOnlineState:
                 reply = await self._read_and_append_async(keys, args, reads)
         except RedisError as e:
             raise self._failed(e) from e
+        except BaseException:  # cancelled (a gRPC deadline), or closed by a reload
+            self._gave_up(trying)
+            raise
+        self._answered()
         return self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
 
     def _step(
@@ -681,27 +726,25 @@ class RedisOnlineState:
         ):
             args += [t, value.tobytes(), id_]
         keys = [self._guard, *(self.prefix + "t:" + t for t in terminal_ids)]
-        self._check_breaker()
-        try:
-            changed, unchanged, not_found = self._set_labels(keys=keys, args=args)
-        except RedisError as e:
-            raise self._failed(e) from e
+        changed, unchanged, not_found = self._call(self._set_labels, keys, args)
         return LabelsSet(int(changed), int(unchanged), int(not_found))
 
     def stats(self) -> dict[str, int]:
         """Sizes for metrics; the last ones read when Redis cannot be reached (a scrape must
         not fail for it), or when read less than a second ago and not changed here since (a
         scrape asks four times)."""
-        now = time.monotonic()
-        if now - self._stats_read < 1.0 or (self._broken is not None and now < self._broken_until):
+        if time.monotonic() - self._stats_read < 1.0:
             return dict(self._stats)
-        try:
+
+        def read() -> list[Any]:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zcard(self._meta[1]).zcard(self._meta[2])
                 pipe.get(self._meta[3]).get(self._meta[4])
-                customers, terminals, c_rows, t_rows = pipe.execute()
-        except RedisError as e:
-            self._failed(e)
+                return pipe.execute()
+
+        try:
+            customers, terminals, c_rows, t_rows = self._sync_call(read)
+        except StateUnavailable:
             return dict(self._stats)
         self._stats_read = time.monotonic()
         self._stats = {

@@ -120,8 +120,10 @@ class Scorer:
         online state: :meth:`apply_scored_elsewhere` adds them, chunk by chunk (before a
         request is scored, see :meth:`score_async`, and wherever the caller schedules it).
 
-        Safe to call from any thread: the state itself is only ever changed on the thread
-        that scores (:meth:`score_async`, :meth:`apply_scored_elsewhere`), so scoring needs no lock.
+        Safe to call from any thread. A state that only the scoring thread may change (in
+        memory) is changed there (:meth:`score_async`, :meth:`apply_scored_elsewhere`), so
+        scoring needs no lock; a thread-safe one (Redis) is not caught up by requests: the
+        caller applies the queue on its own thread, and the event loop never waits for it.
         """
         self.scored_elsewhere.append(
             ("append", (customer_ids, terminal_ids, time_ms, amount, None, transaction_ids))
@@ -185,7 +187,8 @@ class Scorer:
             batch: Validated transactions.
             catch_up: Chunks of other servers' transactions added to the state first (all:
                 None). A server whose event loop adds them between requests passes 1, so a
-                large catch-up never holds one request for long.
+                large catch-up never holds one request for long. Not for a thread-safe
+                state, whose queue its follow thread applies.
         """
         state, step = self._step(batch, catch_up)
         result, repeated = await state.score_and_add_async(*step)
@@ -200,7 +203,7 @@ class Scorer:
         state = self.state
         if state is None:
             raise RuntimeError("the scorer has no online state yet")
-        if self.scored_elsewhere:
+        if self.scored_elsewhere and not state.thread_safe:
             self.apply_scored_elsewhere(catch_up)
         q_cust, customers = entity_codes(batch.customer_id)
         q_term, terminals = entity_codes(batch.terminal_id)

@@ -84,6 +84,10 @@ class LabelsSet:
 class OnlineState(Protocol):
     """The history behind the windowed features; shared by all replicas when it is remote."""
 
+    thread_safe: bool
+    """Whether any thread may call its methods at once (a state in Redis); else only the
+    thread that scores may change it (the in-memory one)."""
+
     def history_for(
         self, customer_ids: Sequence[str], terminal_ids: Sequence[str]
     ) -> History:  # pragma: no cover - protocol
@@ -391,6 +395,8 @@ class InMemoryOnlineState:
             ``history_days`` (the server uses ``history_days + 1`` for late arrivals).
         sweep_per_append: Idle entities checked per append.
     """
+
+    thread_safe = False
 
     def __init__(self, retention_days: float, sweep_per_append: int = 8) -> None:
         self.retention_ms = int(retention_days * MS_PER_DAY)

@@ -423,6 +423,73 @@ def test_a_state_in_redis_that_no_replica_kept_current_takes_in_the_log_when_one
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
+def test_a_state_in_redis_takes_the_followed_traffic_and_labels_on_the_follow_thread(
+    bundle, tmp_path, redis_url
+):
+    """A canary whose state is in Redis adds the stable's transactions and the late labels
+    from its follow thread: its event loop (running, as in the server) never waits for Redis
+    on their behalf, and they go in without a request of its own."""
+    import redis
+
+    from serving.redis_state import drop_version
+
+    store = _two_versions(bundle, tmp_path)
+    name = f"fraud-{uuid.uuid4().hex[:6]}"
+    rows = [instance(r) for r in later_transactions(60, seed=16).to_dict("records")]
+    (stable, _), (canary, registry) = (
+        _server(store, "v1", 0, name=name),
+        _server(store, "v2", 0.1, redis_url, name),
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="event-loop", daemon=True)
+    thread.start()
+    canary.event_loop = loop
+    state, threads = canary.state, []
+
+    def recorded(call):
+        def called(*args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return call(*args, **kwargs)
+
+        return called
+
+    for method in ("append", "set_labels"):
+        setattr(state, method, recorded(getattr(state, method)))
+
+    def total(metric: str, **labels: str) -> float:
+        return registry.get_sample_value(metric, {"model": name, **labels}) or 0
+
+    def wait_for(done) -> None:
+        deadline = time.monotonic() + 20
+        while not done():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    try:
+        before = state.stats()["customer_rows"]
+        predict(stable, {"instances": rows}, {})
+        stable.close()  # its log is written
+        wait_for(lambda: state.stats()["customer_rows"] == before + 60)
+        fraud = pd.DataFrame(
+            {
+                "transaction_id": [r["transaction_id"] for r in rows[:5]],
+                "terminal_id": [r["terminal_id"] for r in rows[:5]],
+                "timestamp": [r["timestamp"] for r in rows[:5]],
+                "is_fraud": 1,
+            }
+        )
+        ingest_labels(store, name, fraud)
+        wait_for(lambda: total("fraudops_online_state_labels_total", outcome="changed") == 5)
+        assert total("fraudops_online_state_followed_total") == 60
+        assert not canary.scorer.scored_elsewhere
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        canary.close()
+        drop_version(redis.Redis.from_url(redis_url), name, "v2")
+    assert threads and set(threads) == {"fraudops-follow"}, threads
+
+
 def test_a_transaction_both_versions_scored_counts_once_in_each_state(bundle, tmp_path):
     """A gateway retries on the stable a request the canary scored (its answer was lost): each
     state then holds it from its own request and from the other's log, and counts it once.

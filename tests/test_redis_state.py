@@ -622,6 +622,8 @@ def test_a_request_waiting_for_a_hanging_redis_leaves_the_event_loop_free():
         waiting = asyncio.create_task(state.score_and_add_async(*later(1, "new")))
         await asyncio.sleep(0.2)
         waiting.cancel()  # e.g. the server shutting down: its reply must not go to the next
+        with pytest.raises(asyncio.CancelledError):
+            await waiting  # it was trying Redis again: the next request tries instead
         process.send_signal(signal.SIGCONT)
         # c1's one row; the cancelled request's reply (a new customer: no rows) is not read
         assert await state.score_and_add_async(*later(2, "c1")) == (1, 0)
@@ -636,6 +638,57 @@ def test_a_request_waiting_for_a_hanging_redis_leaves_the_event_loop_free():
     state.close()
     process.terminate()
     process.wait(10)
+
+
+def test_after_the_break_one_request_tries_a_hanging_redis_and_the_others_are_refused():
+    """Half-open: once the breaker's second is over, one request waits on Redis again while
+    the others are refused at once, instead of each waiting out a timeout; when Redis
+    answers, the breaker closes."""
+    process, url = start_redis_server()
+    state = RedisOnlineState(url, "tests", "v1", 31)
+    state.seed(pd.DataFrame())
+    count = lambda history: len(history.customers)  # noqa: E731
+
+    def request(i: int) -> tuple:
+        return (["c"], ["t"], ["c"], ["t"], np.array([DAY + i]), np.ones(1), [f"{i}"], count)
+
+    async def timed(i: int) -> tuple[float, str]:
+        started = time.monotonic()
+        try:
+            await state.score_and_add_async(*request(i))
+            outcome = "scored"
+        except StateUnavailable as e:
+            outcome = str(e)
+        return time.monotonic() - started, outcome
+
+    async def main() -> tuple[list[tuple[float, str]], list[tuple[float, str]]]:
+        assert await state.score_and_add_async(*request(0)) == (0, 0)
+        process.send_signal(signal.SIGSTOP)
+        assert "TimeoutError" in (await timed(1))[1]  # the breaker opens
+        stream = []
+        for i in range(2, 152):  # 3 s, a request every 20 ms
+            stream.append(asyncio.create_task(timed(i)))
+            await asyncio.sleep(0.02)
+        during = await asyncio.gather(*stream)
+        process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(BREAK_SECONDS + 0.1)
+        after = [await timed(i) for i in range(152, 155)]
+        return during, after
+
+    try:
+        during, after = asyncio.run(main())
+    finally:
+        process.send_signal(signal.SIGCONT)
+        state.close()
+        process.terminate()
+        process.wait(10)
+    waited = [seconds for seconds, _ in during if seconds > 0.5]
+    assert 1 <= len(waited) <= 2, waited  # the one trying; all who come in its second: ~50
+    assert all(0.9 < seconds < 1.5 for seconds in waited)
+    assert sum("another request is trying it again" in outcome for _, outcome in during) >= 40
+    assert not any(outcome == "scored" for _, outcome in during)
+    assert [outcome for _, outcome in after] == ["scored"] * 3  # closed again
+    assert all(seconds < 0.1 for seconds, _ in after)
 
 
 @pytest.mark.parametrize(
