@@ -70,7 +70,6 @@ from serving.state import (
     LabelsSet,
     StateUnavailable,
     frame_columns,
-    read_score_append,
 )
 
 __all__ = [
@@ -96,7 +95,8 @@ ROW = np.dtype([("time", ">u8"), ("value", "<f8"), ("id", "S8")])
 NO_ID = b"\0" * 8
 """The id of a row whose transaction id is not known."""
 CHUNK = 1_000
-"""Rows per script or pipeline while seeding and replaying (a few ms of Redis each)."""
+"""Rows per script or pipeline while seeding and replaying, and per script of a request of
+more transactions (a few ms of Redis each)."""
 SEED_LOCK_SECONDS = 30
 """The seeding lock's time to live, renewed by the seeding replica at every chunk: a replica
 that dies while seeding frees it within this."""
@@ -436,6 +436,7 @@ class RedisOnlineState:
         self._remove = self.redis.register_script(_REMOVE)
         self._renew = self.redis.register_script(_RENEW)
         self.read_in_script = READ_IN_SCRIPT
+        self.chunk = CHUNK
         self._heartbeat: threading.Event | None = None
         self.heartbeat_thread: threading.Thread | None = None
         """The thread marking the version served (:meth:`start_heartbeat`); it ends soon
@@ -522,17 +523,17 @@ class RedisOnlineState:
         transaction_ids: Sequence[str] | None = None,
     ) -> int:
         n = len(customer_ids)
-        if n > CHUNK:  # one script at a time holds Redis: a few ms each, not one long hold
+        if n > self.chunk:  # one script at a time holds Redis: a few ms each, not one long hold
             return sum(
                 self.append(
-                    customer_ids[k : k + CHUNK],
-                    terminal_ids[k : k + CHUNK],
-                    time_ms[k : k + CHUNK],
-                    amount[k : k + CHUNK],
-                    None if label is None else label[k : k + CHUNK],
-                    None if transaction_ids is None else transaction_ids[k : k + CHUNK],
+                    customer_ids[k : k + self.chunk],
+                    terminal_ids[k : k + self.chunk],
+                    time_ms[k : k + self.chunk],
+                    amount[k : k + self.chunk],
+                    None if label is None else label[k : k + self.chunk],
+                    None if transaction_ids is None else transaction_ids[k : k + self.chunk],
                 )
-                for k in range(0, n, CHUNK)
+                for k in range(0, n, self.chunk)
             )
         if n == 0:
             return 0
@@ -586,27 +587,60 @@ class RedisOnlineState:
         takes out the rows this one added (a refused request leaves no rows; the watermark it
         may have moved stays, as it would for any accepted request).
 
-        The round trip is awaited (see :mod:`serving.redis_async`): while Redis answers, the
+        The round trips are awaited (see :mod:`serving.redis_async`): while Redis answers, the
         server parses and scores other requests. A batch of over :data:`CHUNK` transactions
-        is read, scored, then added in chunks, synchronously (not one step)."""
+        is read, scored, then added :data:`CHUNK` at a time (:meth:`_in_chunks`): not one
+        step, so that no request holds Redis for long."""
         step = (customers, terminals, customer_ids, terminal_ids, time_ms, amount)
-        if not 0 < len(customer_ids) <= CHUNK:
-            return read_score_append(self, *step, transaction_ids, score)
-        keys, args, reads = self._step(*step, transaction_ids)
         trying = self._check_breaker()
         try:
-            try:
-                reply = await self._read_and_append_async(keys, args, reads)
-            except NoScriptError:  # Redis restarted or flushed its scripts: rare, so sync
-                self.redis.script_load(_APPEND)
-                reply = await self._read_and_append_async(keys, args, reads)
+            if not 0 < len(customer_ids) <= self.chunk:
+                return await self._in_chunks(*step, transaction_ids, score)
+            keys, args, reads = self._step(*step, transaction_ids)
+            reply = await self._read_and_append_async(keys, args, reads)
         except RedisError as e:
             raise self._failed(e) from e
-        except BaseException:  # cancelled (a gRPC deadline), or closed by a reload
+        except BaseException:  # cancelled (a gRPC deadline), refused, or closed by a reload
             self._gave_up(trying)
             raise
-        self._answered()
         return self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
+
+    async def _in_chunks(
+        self,
+        customers: Sequence[str],
+        terminals: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_ms: np.ndarray,
+        amount: np.ndarray,
+        transaction_ids: Sequence[str] | None,
+        score: Callable[[History], R],
+    ) -> tuple[R, int]:
+        """A large request: its history read, scored, then its transactions added
+        :data:`CHUNK` at a time, each a script of a few milliseconds (as :meth:`append`)."""
+        p = self.prefix
+        reads = [self._seeded, *(p + "c:" + c for c in customers)]
+        reads += [p + "t:" + t for t in terminals]
+        ((seeded, *values),) = await self._exchange([("MGET", *reads)])
+        if seeded is None:
+            raise failure_of(ResponseError("NOTSEEDED"), self.url)
+        k = len(customers)
+        result = score(History(_entity_rows(values[:k]), _entity_rows(values[k:])))
+        repeated = 0
+        for start in range(0, len(customer_ids), self.chunk):
+            part = slice(start, start + self.chunk)
+            keys, args = self._append_call(
+                customer_ids[part],
+                terminal_ids[part],
+                time_ms[part],
+                amount[part],
+                None,
+                None if transaction_ids is None else transaction_ids[part],
+            )
+            evalsha = ("EVALSHA", self._append.sha, len(keys), *keys, *args, 0)
+            ((added_before, _),) = await self._exchange([evalsha])
+            repeated += len(added_before)
+        return result, repeated
 
     def _step(
         self,
@@ -656,6 +690,26 @@ class RedisOnlineState:
         this event loop's connections: the script reads them for a few keys (one command);
         for more, ``MGET`` and the script go in one ``MULTI`` (a large Lua reply is slower
         than ``MGET``'s)."""
+        sha = self._append.sha
+        if len(reads) <= self.read_in_script:
+            evalsha = ("EVALSHA", sha, len(keys) + len(reads), *keys, *reads, *args, len(reads))
+            (reply,) = await self._exchange([evalsha])
+            return reply
+        evalsha = ("EVALSHA", sha, len(keys), *keys, *args, 0)
+        *_, (values, (repeated, _)) = await self._exchange(
+            [("MULTI",), ("MGET", *reads), evalsha, ("EXEC",)]
+        )
+        return repeated, values
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` on this event loop's connections (:class:`LoopConnections`), their
+        replies; Redis answering closes the breaker.
+
+        Raises:
+            RedisError: Redis refused a command (the first refusal), or could not be reached.
+                A script Redis forgot (restarted or flushed: ``NOSCRIPT``, so nothing ran) is
+                loaded again, synchronously as it is rare, and the commands sent once more.
+        """
         if self._closed:  # replaced (seeded again, or a new bundle): not to be reopened
             raise StateUnavailable(
                 f"the online state in Redis at {self.url} was closed by a reload of this "
@@ -666,15 +720,13 @@ class RedisOnlineState:
             if self._on_loop is not None:
                 self._on_loop.close()
             self._on_loop = LoopConnections(self._connect_url, CLIENT_OPTIONS)
-        sha = self._append.sha
-        if len(reads) <= self.read_in_script:
-            evalsha = ("EVALSHA", sha, len(keys) + len(reads), *keys, *reads, *args, len(reads))
-            (reply,) = _raise_refused(await self._on_loop.exchange([evalsha]))
-            return reply
-        evalsha = ("EVALSHA", sha, len(keys), *keys, *args, 0)
-        multi = [("MULTI",), ("MGET", *reads), evalsha, ("EXEC",)]
-        *_, (values, (repeated, _)) = _raise_refused(await self._on_loop.exchange(multi))
-        return repeated, values
+        try:
+            replies = _raise_refused(await self._on_loop.exchange(commands))
+        except NoScriptError:
+            self.redis.script_load(_APPEND)
+            replies = _raise_refused(await self._on_loop.exchange(commands))
+        self._answered()
+        return replies
 
     def _take_out(
         self,

@@ -24,6 +24,7 @@ from serving_helpers import on_loop
 
 from serving.redis_state import (
     BREAK_SECONDS,
+    CHUNK,
     READ_IN_SCRIPT,
     ROW,
     SERVED_SECONDS,
@@ -86,10 +87,14 @@ labels = st.tuples(
 )
 
 
-# a request's step (score_and_add): transactions as for an append, and whether it is refused
-# and whether the append script reads the history itself (else an MGET beside it in a MULTI)
+# a request's step (score_and_add): transactions as for an append, whether it is refused, and
+# its way: the append script reads the history itself, an MGET beside it in a MULTI, or (a
+# large request) the history read first and the transactions added 1 at a time
 requests = st.tuples(
-    st.just("request"), st.tuples(appends.map(lambda a: a[1]), st.booleans(), st.booleans())
+    st.just("request"),
+    st.tuples(
+        appends.map(lambda a: a[1]), st.booleans(), st.sampled_from(["script", "multi", "chunks"])
+    ),
 )
 
 
@@ -111,8 +116,8 @@ def _assert_same_recent_rows(a: History, b: History, floor: int) -> None:
 @given(operations=st.lists(st.one_of(appends, labels, requests), min_size=1, max_size=12))
 @example(  # a refused late arrival was its entity's oldest row: the sweep's index goes back
     operations=[
-        ("request", ([("c1", "t1", DAY // 4, "a")], False, True)),
-        ("request", ([("c1", "t1", 0, "b")], True, False)),
+        ("request", ([("c1", "t1", DAY // 4, "a")], False, "script")),
+        ("request", ([("c1", "t1", 0, "b")], True, "multi")),
     ]
 )
 def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
@@ -131,8 +136,9 @@ def test_redis_keeps_the_rows_the_in_memory_state_keeps(fresh, operations):
     for kind, rows in operations:
         refuse = False
         if kind == "request":
-            rows, refuse, in_script = rows
-            shared.read_in_script = READ_IN_SCRIPT if in_script else 0
+            rows, refuse, way = rows
+            shared.read_in_script = READ_IN_SCRIPT if way == "script" else 0
+            shared.chunk = 1 if way == "chunks" else CHUNK
         if kind in ("append", "request"):
             customers, terminals, times, ids = (list(c) for c in zip(*rows, strict=True))
             amounts = np.arange(len(rows), dtype=float) + 0.5
@@ -638,6 +644,51 @@ def test_a_request_waiting_for_a_hanging_redis_leaves_the_event_loop_free():
     state.close()
     process.terminate()
     process.wait(10)
+
+
+def test_a_request_of_more_transactions_than_a_chunk_awaits_redis_too(monkeypatch):
+    """A request over :data:`CHUNK` transactions (read, scored, then added a chunk at a time)
+    awaits each round trip: a hanging Redis leaves the event loop ticking, as for a small
+    one."""
+    monkeypatch.setattr("serving.redis_state.CHUNK", 2)
+    process, url = start_redis_server()
+    state = RedisOnlineState(url, "tests", "v1", 31)
+    state.seed(pd.DataFrame())
+    count = lambda history: len(history.customers)  # noqa: E731
+    ids = [f"c{i}" for i in range(5)]
+
+    def request(at: int) -> tuple:
+        times = np.full(5, DAY + at)
+        return (ids, ids, ids, ids, times, np.ones(5), [f"{at}-{i}" for i in range(5)], count)
+
+    async def main() -> tuple[tuple[int, int], int, float]:
+        first = await state.score_and_add_async(*request(0))
+        process.send_signal(signal.SIGSTOP)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="TimeoutError"):
+            await state.score_and_add_async(*request(1))
+        waited = time.monotonic() - started
+        ticker.cancel()
+        return first, ticks, waited
+
+    try:
+        first, ticks, waited = asyncio.run(main())
+    finally:
+        process.send_signal(signal.SIGCONT)
+        state.close()
+        process.terminate()
+        process.wait(10)
+    assert first == (0, 0)  # 5 new customers: no rows before, none there already
+    assert 0.9 <= waited < 1.5 and ticks >= 30  # a synchronous read: no tick
 
 
 def test_after_the_break_one_request_tries_a_hanging_redis_and_the_others_are_refused():
