@@ -603,7 +603,7 @@ class RedisOnlineState:
         except BaseException:  # cancelled (a gRPC deadline), refused, or closed by a reload
             self._gave_up(trying)
             raise
-        return self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
+        return await self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
 
     async def _in_chunks(
         self,
@@ -661,7 +661,7 @@ class RedisOnlineState:
         reads += [p + "t:" + t for t in terminals]
         return keys, args, reads
 
-    def _scored(
+    async def _scored(
         self,
         reply: tuple[list[int], list[bytes]],
         n_customers: int,
@@ -679,7 +679,7 @@ class RedisOnlineState:
         except BaseException:
             added = np.ones(len(customer_ids), bool)
             added[repeated] = False
-            self._take_out(customer_ids, terminal_ids, customer_rows=args[5], added=added)
+            await self._take_out(customer_ids, terminal_ids, customer_rows=args[5], added=added)
             raise
         return result, len(repeated)
 
@@ -701,14 +701,14 @@ class RedisOnlineState:
         )
         return repeated, values
 
-    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _exchange(self, commands: list[tuple[Any, ...]], script: str = _APPEND) -> list[Any]:
         """``commands`` on this event loop's connections (:class:`LoopConnections`), their
         replies; Redis answering closes the breaker.
 
         Raises:
             RedisError: Redis refused a command (the first refusal), or could not be reached.
-                A script Redis forgot (restarted or flushed: ``NOSCRIPT``, so nothing ran) is
-                loaded again, synchronously as it is rare, and the commands sent once more.
+                A ``script`` Redis forgot (restarted or flushed: ``NOSCRIPT``, so nothing ran)
+                is loaded again, synchronously as it is rare, and the commands sent once more.
         """
         if self._closed:  # replaced (seeded again, or a new bundle): not to be reopened
             raise StateUnavailable(
@@ -723,12 +723,12 @@ class RedisOnlineState:
         try:
             replies = _raise_refused(await self._on_loop.exchange(commands))
         except NoScriptError:
-            self.redis.script_load(_APPEND)
+            self.redis.script_load(script)
             replies = _raise_refused(await self._on_loop.exchange(commands))
         self._answered()
         return replies
 
-    def _take_out(
+    async def _take_out(
         self,
         customer_ids: Sequence[str],
         terminal_ids: Sequence[str],
@@ -742,13 +742,16 @@ class RedisOnlineState:
         p = self.prefix
         rows = np.frombuffer(customer_rows, ROW)[added]
         keys = [
+            *self._meta[1:],
             *(p + "c:" + c for c, a in zip(customer_ids, added, strict=True) if a),
             *(p + "t:" + t for t, a in zip(terminal_ids, added, strict=True) if a),
         ]
+        remove = ("EVALSHA", self._remove.sha, len(keys), *keys, len(rows), p, rows.tobytes())
         try:
-            self._call(
-                self._remove, [*self._meta[1:], *keys], [len(rows), self.prefix, rows.tobytes()]
-            )
+            try:
+                await self._exchange([remove], _REMOVE)
+            except RedisError as e:
+                raise self._failed(e) from e
         except StateUnavailable as e:  # the refusal goes on; what stays is logged
             log.error(
                 "could not take the rows of %d refused transaction(s) out of the online state "

@@ -326,6 +326,14 @@ def test_a_redis_that_forgot_its_scripts_still_scores(fresh, in_script):
     assert step(["c"], ["t"], ["c"], ["t"], *args) == (0, 0)
     state.redis.script_flush()
     assert step(["c"], ["t"], ["c"], ["t"], *args) == (1, 1)  # the retry
+    state.redis.script_flush()  # a refused request: its rows are taken out by another script
+
+    def refuse(history: History) -> None:
+        raise Refused
+
+    with pytest.raises(Refused):
+        step(["c"], ["t"], ["c"], ["t"], np.array([DAY + 1]), np.ones(1), ["b"], refuse)
+    assert step(["c"], ["t"], ["c"], ["t"], np.array([DAY + 2]), *args[1:]) == (1, 0)
 
 
 def test_one_replica_seeds_a_version_and_the_others_wait_for_it(redis_url, fresh):
