@@ -9,24 +9,32 @@ the synchronous one (an asyncio lock around its pool, a readiness check, bookkee
 command), as much as the wait it saves on loopback. Its ``Connection`` alone costs what the
 synchronous client does, once its commands are packed by hiredis, as the synchronous client
 packs them. So :class:`LoopConnections` keeps the idle connections of one event loop in a
-list: a request takes one (a new one when all are busy), sends its commands, reads their
-replies and gives it back. Timeouts, reconnects and the parsing stay redis-py's.
+list: a request takes one (a new one when all are busy, up to :data:`MAX_CONNECTIONS`; then it
+waits for one), sends its commands, reads their replies and gives it back. Timeouts,
+reconnects and the parsing stay redis-py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["MAX_IDLE", "LoopConnections"]
+__all__ = ["MAX_CONNECTIONS", "MAX_IDLE", "LoopConnections"]
 
 MAX_IDLE = 8
 """Idle connections kept per event loop; those a burst opened beyond it are closed."""
+MAX_CONNECTIONS = 32
+"""Connections open at once per event loop: a burst's other requests wait for one (on
+loopback a round trip takes a fraction of a millisecond), and a Redis that hangs is not sent
+a connection per request in flight."""
 
 
 class LoopConnections:
@@ -35,17 +43,32 @@ class LoopConnections:
     Args:
         url: ``redis://`` or ``rediss://`` URL, with its credentials.
         options: Connection options (timeouts, health checks) as redis-py takes them.
+        max_connections: Most connections open at once (default :data:`MAX_CONNECTIONS`).
     """
 
-    def __init__(self, url: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, url: str, options: dict[str, Any], max_connections: int | None = None
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         # only to make connections from the URL (credentials, TLS, database), never to lend them
         self._pool = aredis.ConnectionPool.from_url(url, **options)
+        self._wait_seconds = float(options.get("socket_timeout") or 1.0)
+        self.max_connections = max_connections or MAX_CONNECTIONS
+        self.opened = 0
+        """Connections made and not yet dropped (in use or idle)."""
         self._idle: list[aredis.Connection] = []
+        self._waiting: deque[asyncio.Future[aredis.Connection]] = deque()
         self._closed = False
 
-    async def exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def exchange(
+        self, commands: Sequence[tuple[Any, ...]], ready: Callable[[], object] | None = None
+    ) -> list[Any]:
         """Send ``commands`` at once and read a reply for each, in order.
+
+        Args:
+            commands: Redis commands, each a tuple of its words.
+            ready: Called once a connection is had, before anything is sent: it may raise to
+                send nothing (e.g. the breaker opened while this request waited).
 
         Returns:
             The replies; a command that Redis refused has its ``ResponseError`` (or subclass,
@@ -55,9 +78,16 @@ class LoopConnections:
             redis.exceptions.ConnectionError: Redis could not be reached, or the connection
                 broke. Never tried again: once the commands are written, Redis may have run
                 them (a step run twice would see its own rows), so the caller answers 503.
-            redis.exceptions.TimeoutError: Redis did not answer within the socket timeout.
+            redis.exceptions.TimeoutError: Redis did not answer within the socket timeout,
+                or no connection came free within it (all :data:`MAX_CONNECTIONS` busy).
         """
-        connection = self._idle.pop() if self._idle else self._pool.make_connection()
+        connection = await self._take()
+        if ready is not None:
+            try:
+                ready()
+            except BaseException:  # nothing sent: the connection is in step
+                await self._give_back(connection)
+                raise
         try:
             # an idle connection that Redis closed (a restart) is at EOF once the loop has
             # seen it: open a new one rather than lose this request
@@ -70,10 +100,41 @@ class LoopConnections:
             await connection.disconnect(nowait=True)
             raise
         finally:
-            if self._closed or len(self._idle) >= MAX_IDLE:  # a burst's extra ones go
-                await connection.disconnect(nowait=True)
-            else:
-                self._idle.append(connection)
+            await self._give_back(connection)
+
+    async def _take(self) -> aredis.Connection:
+        """An idle connection, a new one, or (all :attr:`max_connections` in use) the first
+        one given back, waiting at most the socket timeout for it."""
+        if self._idle:
+            return self._idle.pop()
+        if self.opened < self.max_connections:
+            self.opened += 1
+            return self._pool.make_connection()
+        waiter: asyncio.Future[aredis.Connection] = self.loop.create_future()
+        self._waiting.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, self._wait_seconds)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"no connection to Redis came free within {self._wait_seconds:g} s: all "
+                f"{self.max_connections} of this server's are waiting for Redis"
+            ) from None
+        except BaseException:  # cancelled: a connection handed over meanwhile goes back
+            if waiter.done() and not waiter.cancelled():
+                await self._give_back(waiter.result())
+            raise
+
+    async def _give_back(self, connection: aredis.Connection) -> None:
+        while self._waiting and not self._closed:  # to the longest waiting request first
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        if self._closed or len(self._idle) >= MAX_IDLE:  # a burst's extra ones go
+            self.opened -= 1
+            await connection.disconnect(nowait=True)
+        else:
+            self._idle.append(connection)
 
     @staticmethod
     async def _send_and_read(
@@ -91,9 +152,15 @@ class LoopConnections:
         return replies
 
     async def aclose(self) -> None:
-        """Disconnect the idle connections; those in use disconnect when given back."""
+        """Disconnect the idle connections; those in use disconnect when given back, and
+        requests waiting for one fail at once."""
         self._closed = True
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(RedisConnectionError("closed by a reload: try again"))
         idle, self._idle = self._idle, []
+        self.opened -= len(idle)
         for connection in idle:
             await connection.disconnect()
 

@@ -463,13 +463,18 @@ class RedisOnlineState:
         broken = self._broken
         if broken is None:
             return False
+        self._refuse_while_open()
         now = time.monotonic()
-        if now < self._broken_until:
-            raise StateUnavailable(f"{broken} (tried again within {BREAK_SECONDS:g} s)")
         if now < self._trying_until:
             raise StateUnavailable(f"{broken} (another request is trying it again)")
         self._trying_until = now + TRYING_SECONDS
         return True
+
+    def _refuse_while_open(self) -> None:
+        """Refuse while the breaker is open (not half-open: a call may be trying)."""
+        broken = self._broken
+        if broken is not None and time.monotonic() < self._broken_until:
+            raise StateUnavailable(f"{broken} (tried again within {BREAK_SECONDS:g} s)")
 
     def _answered(self) -> None:
         """Redis answered: the breaker closes."""
@@ -720,11 +725,13 @@ class RedisOnlineState:
             if self._on_loop is not None:
                 self._on_loop.close()
             self._on_loop = LoopConnections(self._connect_url, CLIENT_OPTIONS)
+        # a request that waited for a connection is refused if Redis failed meanwhile
+        ready = self._refuse_while_open
         try:
-            replies = _raise_refused(await self._on_loop.exchange(commands))
+            replies = _raise_refused(await self._on_loop.exchange(commands, ready))
         except NoScriptError:
             self.redis.script_load(script)
-            replies = _raise_refused(await self._on_loop.exchange(commands))
+            replies = _raise_refused(await self._on_loop.exchange(commands, ready))
         self._answered()
         return replies
 
