@@ -21,7 +21,9 @@ KServe's own ``/metrics`` endpoint on the HTTP port exposes them next to KServe'
 ``fraudops_online_state_entities``/``_rows``               online state size by kind
 ``fraudops_online_state_followed_total``                   transactions of other versions added
                                                            to the state (from their log)
-``fraudops_online_state_follow_failures_total``            polls of that log that failed
+``fraudops_online_state_follow_failures_total``            polls of that log that failed, and
+                                                           failed writes of what they read
+                                                           into a state in Redis
 ``fraudops_online_state_labels_total``                     late labels by outcome: changed,
                                                            unchanged, not_found, unplaced
 ``fraudops_online_state_repeated_total``                   transactions the state held already
@@ -196,7 +198,8 @@ class ServingMetrics:
         )
         self.state_follow_failures = Counter(
             "fraudops_online_state_follow_failures",
-            "Polls of the other versions' inference log that failed (retried next poll).",
+            "Polls of the other versions' inference log that failed, and failed attempts to "
+            "write what they read into a state in Redis (both retried).",
             ("model",),
             **kw,
         )

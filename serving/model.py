@@ -258,6 +258,12 @@ class FraudDetector(Model):
                 self.ready = True
                 self._reseeding = False
                 self._follow(follower)
+                if self._scored_elsewhere and state is not None and state.thread_safe:
+                    # queued before this load and not applied yet (Redis was failing): the
+                    # follow thread hands over only what its next polls read
+                    threading.Thread(
+                        target=self._apply_followed_here, name="fraudops-follow", daemon=True
+                    ).start()
         if self._closed:  # close() came while this load held the lock and left the rest to it
             self.close()
             raise ModelMissingError(f"{self.name} was stopped while it was loading")
@@ -519,27 +525,34 @@ class FraudDetector(Model):
             for start in range(0, len(logged.labels), LABEL_CHUNK):
                 scorer.add_labels(*(c[start : start + LABEL_CHUNK] for c in columns))
         if scorer.state is not None and scorer.state.thread_safe:
-            self._apply_followed_here(scorer)
+            self._apply_followed_here()
             return
         loop = self.event_loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._apply_followed)
 
-    def _apply_followed_here(self, scorer: Scorer) -> None:
+    def _apply_followed_here(self) -> None:
         """The queue into a thread-safe state (Redis) on the follow thread, so the event
-        loop never waits for Redis on its behalf: a failure is tried again every second
-        until it goes in, the model closes or a new load replaces ``scorer`` (whose follow
-        thread then applies the queue they share)."""
+        loop never waits for Redis on its behalf. A failure is tried again a second later
+        (this thread polls no more meanwhile: the batches wait in the store) until the
+        queue is in or the model closes; a load that replaces the scorer meanwhile takes
+        the queue over (they share it), and it goes into the new scorer's state."""
         failing = False
         with self._following_lock:  # one thread at a time: a chunk is taken off once applied
-            while scorer.scored_elsewhere and not self._closed and self.scorer is scorer:
+            while not self._closed:
+                scorer = self.scorer
+                if scorer is None or scorer.state is None or not scorer.state.thread_safe:
+                    return  # unloaded, or in memory now: the event loop applies it
                 try:
                     scorer.apply_scored_elsewhere()
+                    return
                 except StateUnavailable as e:
+                    if self.metrics is not None:
+                        self.metrics.state_follow_failures.labels(self.name).inc()
                     if not failing:
                         log.warning(
                             "cannot add the other versions' transactions to the state (tried "
-                            "again every second): %s",
+                            "again a second after each failure; no new poll meanwhile): %s",
                             e,
                         )
                     failing = True

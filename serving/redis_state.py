@@ -466,7 +466,7 @@ class RedisOnlineState:
         self._refuse_while_open()
         now = time.monotonic()
         if now < self._trying_until:
-            raise StateUnavailable(f"{broken} (another request is trying it again)")
+            raise StateUnavailable(f"{broken} (one call is trying it again meanwhile)")
         self._trying_until = now + TRYING_SECONDS
         return True
 
@@ -600,7 +600,7 @@ class RedisOnlineState:
         trying = self._check_breaker()
         try:
             if not 0 < len(customer_ids) <= self.chunk:
-                return await self._in_chunks(*step, transaction_ids, score)
+                return await self._in_chunks(step, transaction_ids, score)
             keys, args, reads = self._step(*step, transaction_ids)
             reply = await self._read_and_append_async(keys, args, reads)
         except RedisError as e:
@@ -612,17 +612,16 @@ class RedisOnlineState:
 
     async def _in_chunks(
         self,
-        customers: Sequence[str],
-        terminals: Sequence[str],
-        customer_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        time_ms: np.ndarray,
-        amount: np.ndarray,
+        step: tuple[
+            Sequence[str], Sequence[str], Sequence[str], Sequence[str], np.ndarray, np.ndarray
+        ],
         transaction_ids: Sequence[str] | None,
         score: Callable[[History], R],
     ) -> tuple[R, int]:
-        """A large request: its history read, scored, then its transactions added
-        :data:`CHUNK` at a time, each a script of a few milliseconds (as :meth:`append`)."""
+        """A large request (``step``: :meth:`score_and_add_async`'s first six arguments): its
+        history read, scored, then its transactions added :data:`CHUNK` at a time, each a
+        script of a few milliseconds (as :meth:`append`)."""
+        customers, terminals, customer_ids, terminal_ids, time_ms, amount = step
         p = self.prefix
         reads = [self._seeded, *(p + "c:" + c for c in customers)]
         reads += [p + "t:" + t for t in terminals]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,17 @@ def start_redis_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
         return local_processes.start_redis_server(port)
     except FileNotFoundError as e:
         pytest.skip(f"{e}; or set REDIS_URL to a Redis to test against")
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[subprocess.Popen, str]]:
+    """A ``redis-server`` for this test alone, to stop (SIGSTOP) or restart: its process and
+    URL. Continued and terminated afterwards."""
+    process, url = start_redis_server()
+    yield process, url
+    process.send_signal(signal.SIGCONT)
+    process.terminate()
+    process.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ The bundle comes from the real pipeline step functions, run in-process
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,20 @@ def on_loop(coroutine: Any) -> Any:
     """Run ``coroutine`` to its end on one event loop for the whole session, as in a server:
     a Redis state's asyncio connections belong to their loop."""
     return _LOOP.run_until_complete(coroutine)
+
+
+async def timed_step(step: Awaitable[Any]) -> tuple[float, str]:
+    """Await a state's step: the seconds it took, and ``"scored"`` or the message of the
+    ``StateUnavailable`` it raised."""
+    from serving.state import StateUnavailable
+
+    started = time.monotonic()
+    try:
+        await step
+        outcome = "scored"
+    except StateUnavailable as e:
+        outcome = str(e)
+    return time.monotonic() - started, outcome
 
 
 def predict(model: Any, payload: Any, headers: dict[str, str] | None = None) -> Any:

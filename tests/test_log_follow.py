@@ -490,6 +490,61 @@ def test_a_state_in_redis_takes_the_followed_traffic_and_labels_on_the_follow_th
     assert threads and set(threads) == {"fraudops-follow"}, threads
 
 
+def test_followed_traffic_redis_refused_across_a_reload_goes_in_once_redis_takes_it(
+    bundle, tmp_path, redis_url
+):
+    """The follow thread keeps what a Redis state refused queued and tries again; a load
+    meanwhile (a new scorer over the same state) does not strand it."""
+    import redis
+
+    from serving.redis_state import drop_version
+    from serving.state import StateUnavailable
+
+    store = _two_versions(bundle, tmp_path)
+    name = f"fraud-{uuid.uuid4().hex[:6]}"
+    rows = [instance(r) for r in later_transactions(30, seed=17).to_dict("records")]
+    stable, _ = _server(store, "v1", 0, name=name)
+    canary, registry = _server(store, "v2", 0.1, redis_url, name)
+    state, refusing = canary.state, threading.Event()
+    refusing.set()
+    append = state.append
+
+    def append_unless_refusing(*args, **kwargs):
+        if refusing.is_set():
+            raise StateUnavailable("the online state in Redis cannot be reached (a test)")
+        return append(*args, **kwargs)
+
+    state.append = append_unless_refusing
+    followed = {"model": name}
+    try:
+        before = state.stats()["customer_rows"]
+        predict(stable, {"instances": rows}, {})
+        stable.close()
+        deadline = time.monotonic() + 20
+        while not canary.scorer.scored_elsewhere:  # read, queued, refused: tried again
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.2)
+        canary.load_bundle()
+        assert canary.state is state and canary.scorer.scored_elsewhere
+        failures = registry.get_sample_value(
+            "fraudops_online_state_follow_failures_total", followed
+        )
+        assert failures >= 1  # each attempt counted
+        refusing.clear()
+        deadline = time.monotonic() + 10
+        while state.stats()["customer_rows"] < before + 30:
+            assert time.monotonic() < deadline, "the queue was stranded by the load"
+            time.sleep(0.05)
+        assert not canary.scorer.scored_elsewhere
+        time.sleep(0.3)  # polls again: counted once applied
+        assert registry.get_sample_value("fraudops_online_state_followed_total", followed) == 30
+    finally:
+        canary.close()
+        drop_version(redis.Redis.from_url(redis_url), name, "v2")
+    assert state.stats()["customer_rows"] == before + 30
+
+
 def test_a_transaction_both_versions_scored_counts_once_in_each_state(bundle, tmp_path):
     """A gateway retries on the stable a request the canary scored (its answer was lost): each
     state then holds it from its own request and from the other's log, and counts it once.

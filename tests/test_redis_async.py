@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
+from collections.abc import Awaitable
 
 import numpy as np
 import pandas as pd
-from conftest import start_redis_server
+from serving_helpers import timed_step
 
 from serving.redis_async import MAX_IDLE, LoopConnections
-from serving.redis_state import CLIENT_OPTIONS, RedisOnlineState, StateUnavailable
+from serving.redis_state import CLIENT_OPTIONS, RedisOnlineState
 
 DAY = 86_400_000
 
@@ -54,13 +54,13 @@ def test_a_burst_shares_at_most_max_connections_and_keeps_max_idle(redis_url):
     assert again in opened  # an idle one, not a new one
 
 
-def test_a_hanging_redis_is_sent_no_more_connections_than_the_cap(monkeypatch):
+def test_a_hanging_redis_is_sent_no_more_connections_than_the_cap(own_redis, monkeypatch):
     """20 requests against a stopped Redis with a cap of 3: three wait on Redis and time
     out; the other 17, come 0.3 s later, wait for a connection and are refused once the
     breaker opens, with the connections the three gave back unused: every request is
     answered within about one timeout, not two."""
     monkeypatch.setattr("serving.redis_async.MAX_CONNECTIONS", 3)
-    process, url = start_redis_server()
+    process, url = own_redis
     state = RedisOnlineState(url, "tests", "v1", 31)
     state.seed(pd.DataFrame())
     count = lambda history: len(history.customers)  # noqa: E731
@@ -69,14 +69,8 @@ def test_a_hanging_redis_is_sent_no_more_connections_than_the_cap(monkeypatch):
         c, t = [f"c{i}"], [f"t{i}"]
         return (c, t, c, t, np.array([DAY + i]), np.ones(1), [f"{i}"], count)
 
-    async def timed(i: int) -> tuple[float, str]:
-        started = time.monotonic()
-        try:
-            await state.score_and_add_async(*request(i))
-            outcome = "scored"
-        except StateUnavailable as e:
-            outcome = str(e)
-        return time.monotonic() - started, outcome
+    def timed(i: int) -> Awaitable[tuple[float, str]]:
+        return timed_step(state.score_and_add_async(*request(i)))
 
     async def main() -> tuple[list[tuple[float, str]], int, list[tuple[float, str]]]:
         assert (await timed(0))[1] == "scored"
@@ -93,10 +87,7 @@ def test_a_hanging_redis_is_sent_no_more_connections_than_the_cap(monkeypatch):
     try:
         during, opened, after = asyncio.run(main())
     finally:
-        process.send_signal(signal.SIGCONT)
         state.close()
-        process.terminate()
-        process.wait(10)
     assert opened == 3
     assert not any(outcome == "scored" for _, outcome in during)
     timed_out = [o for _, o in during if "Timeout reading" in o and "tried again" not in o]
