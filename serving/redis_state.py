@@ -108,7 +108,7 @@ this long: ``fraudops state prune`` never drops a version whose mark is there.""
 HEARTBEAT_SECONDS = 60
 READ_IN_SCRIPT = 64
 """A request whose customers and terminals are at most this many keys has them read by the
-append script itself; a larger one by an ``MGET`` beside it (see ``_read_and_append_async``)."""
+append script itself; a larger one by an ``MGET`` beside it (see ``_read_and_append``)."""
 CLIENT_OPTIONS: dict[str, Any] = {
     "socket_connect_timeout": 0.5,
     "socket_timeout": 1.0,
@@ -602,13 +602,26 @@ class RedisOnlineState:
             if not 0 < len(customer_ids) <= self.chunk:
                 return await self._in_chunks(step, transaction_ids, score)
             keys, args, reads = self._step(*step, transaction_ids)
-            reply = await self._read_and_append_async(keys, args, reads)
+            commands, in_script = self._read_and_append(keys, args, reads)
+            replies = await self._exchange(commands)
         except RedisError as e:
             raise self._failed(e) from e
         except BaseException:  # cancelled (a gRPC deadline), refused, or closed by a reload
             self._gave_up(trying)
             raise
-        return await self._scored(reply, len(customers), customer_ids, terminal_ids, args, score)
+        if in_script:
+            repeated, values = replies[0]
+        else:
+            *_, (values, (repeated, _)) = replies
+        k = len(customers)
+        try:
+            result = score(History(_entity_rows(values[:k]), _entity_rows(values[k:])))
+        except BaseException:  # refused: what the step added is taken out
+            added = np.ones(len(customer_ids), bool)
+            added[repeated] = False
+            await self._take_out(customer_ids, terminal_ids, customer_rows=args[5], added=added)
+            raise
+        return result, len(repeated)
 
     async def _in_chunks(
         self,
@@ -665,45 +678,19 @@ class RedisOnlineState:
         reads += [p + "t:" + t for t in terminals]
         return keys, args, reads
 
-    async def _scored(
-        self,
-        reply: tuple[list[int], list[bytes]],
-        n_customers: int,
-        customer_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        args: list[Any],
-        score: Callable[[History], R],
-    ) -> tuple[R, int]:
-        """Score the history the step read; when that raises, take out what it added."""
-        repeated, values = reply
-        k = n_customers
-        history = History(_entity_rows(values[:k]), _entity_rows(values[k:]))
-        try:
-            result = score(history)
-        except BaseException:
-            added = np.ones(len(customer_ids), bool)
-            added[repeated] = False
-            await self._take_out(customer_ids, terminal_ids, customer_rows=args[5], added=added)
-            raise
-        return result, len(repeated)
-
-    async def _read_and_append_async(
+    def _read_and_append(
         self, keys: list[str], args: list[Any], reads: list[str]
-    ) -> tuple[list[int], list[bytes]]:
-        """The append script, and the values of ``reads`` just before it, in one step, on
-        this event loop's connections: the script reads them for a few keys (one command);
-        for more, ``MGET`` and the script go in one ``MULTI`` (a large Lua reply is slower
-        than ``MGET``'s)."""
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """The commands of one step: the append script, and the values of ``reads`` just
+        before it. The script reads them for a few keys (one command, True); for more,
+        ``MGET`` and the script go in one ``MULTI`` (a large Lua reply is slower than
+        ``MGET``'s)."""
         sha = self._append.sha
         if len(reads) <= self.read_in_script:
             evalsha = ("EVALSHA", sha, len(keys) + len(reads), *keys, *reads, *args, len(reads))
-            (reply,) = await self._exchange([evalsha])
-            return reply
+            return [evalsha], True
         evalsha = ("EVALSHA", sha, len(keys), *keys, *args, 0)
-        *_, (values, (repeated, _)) = await self._exchange(
-            [("MULTI",), ("MGET", *reads), evalsha, ("EXEC",)]
-        )
-        return repeated, values
+        return [("MULTI",), ("MGET", *reads), evalsha, ("EXEC",)], False
 
     async def _exchange(self, commands: list[tuple[Any, ...]], script: str = _APPEND) -> list[Any]:
         """``commands`` on this event loop's connections (:class:`LoopConnections`), their
@@ -853,7 +840,12 @@ class RedisOnlineState:
                 if self.redis.exists(self._seeded):
                     return None
                 if self.redis.set(self._lock, token, nx=True, ex=SEED_LOCK_SECONDS):
-                    break
+                    # another replica may have marked it and let go of the lock since the
+                    # check above: seeding again would clear a state in use
+                    if not self.redis.exists(self._seeded):
+                        break
+                    self._release(token)
+                    return None
                 holder = self.redis.get(self._lock)
                 if holder is not None and holder != waiting_for:
                     waiting_for = holder
@@ -877,11 +869,15 @@ class RedisOnlineState:
                 )
             finally:
                 self._guard, self._token = self._seeded, None
-                if self.redis.get(self._lock) == token.encode():
-                    self.redis.delete(self._lock)
+                self._release(token)
         except RedisError as e:
             raise failure_of(e, self.url) from e
         return written
+
+    def _release(self, token: str) -> None:
+        """Delete the seeding lock if this replica (``token``) still holds it."""
+        if self.redis.get(self._lock) == token.encode():
+            self.redis.delete(self._lock)
 
     def _hold(self) -> None:
         """Renew this replica's seeding lock, or stop: another replica may be seeding now."""

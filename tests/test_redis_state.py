@@ -390,6 +390,40 @@ def test_one_replica_seeds_a_version_and_the_others_wait_for_it(redis_url, fresh
         state.close()
 
 
+def test_a_replica_that_takes_the_lock_after_another_one_seeded_does_not_seed_again(redis_url):
+    """The race behind a rare failure of the test above: a replica checks the mark just
+    before another one sets it, and takes the lock just after that one let it go. It must
+    see the mark then, not clear the state in use and write the snapshot again."""
+    version = uuid.uuid4().hex
+    first, late = (_redis_state(redis_url, version, days=31) for _ in range(2))
+    snapshot = pd.DataFrame(
+        {
+            "transaction_id": ["s0"],
+            "timestamp": [pd.Timestamp("2026-01-01", tz="UTC")],
+            "customer_id": ["c"],
+            "terminal_id": ["t"],
+            "amount": [1.0],
+        }
+    )
+    assert first.seed(snapshot) == 1
+    first.append(["c"], ["t"], np.array([DAY * 20_454]), np.ones(1), transaction_ids=["new"])
+    exists, checks = late.redis.exists, []
+
+    def seen_before_the_mark(*keys):
+        checks.append(keys)
+        return 0 if len(checks) == 1 else exists(*keys)
+
+    late.redis.exists = seen_before_the_mark
+    try:
+        assert late.seed(snapshot) is None
+        assert len(first.history_for(["c"], ["t"]).customers) == 2  # the new row is kept
+        assert late.redis.get(late.prefix + "seeding") is None  # the lock let go
+    finally:
+        first._clear()
+        first.close()
+        late.close()
+
+
 def test_a_redis_that_is_down_or_lost_its_data_is_a_clear_error():
     process, url = start_redis_server()
     port = url.rsplit(":", 1)[1].split("/")[0]
