@@ -778,10 +778,11 @@ class RedisOnlineState:
         return LabelsSet(int(changed), int(unchanged), int(not_found))
 
     def stats(self) -> dict[str, int]:
-        """Sizes for metrics; the last ones read when Redis cannot be reached (a scrape must
-        not fail for it), or when read less than a second ago and not changed here since (a
-        scrape asks four times)."""
-        if time.monotonic() - self._stats_read < 1.0:
+        """Sizes for metrics; the last ones read when Redis cannot be reached or the breaker
+        is not closed (a scrape must neither fail nor wait out a timeout for it: a request or
+        the follow thread tries Redis again), or when read less than a second ago and not
+        changed here since (a scrape asks four times)."""
+        if time.monotonic() - self._stats_read < 1.0 or self._broken is not None:
             return dict(self._stats)
 
         def read() -> list[Any]:

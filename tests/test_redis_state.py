@@ -553,8 +553,8 @@ def test_a_redis_that_evicts_any_key_is_refused(redis_url):
     state.close()
 
 
-def test_a_hanging_redis_holds_one_request_then_refuses_at_once_for_a_second():
-    process, url = start_redis_server()
+def test_a_hanging_redis_holds_one_request_then_refuses_at_once_for_a_second(own_redis):
+    process, url = own_redis
     state = RedisOnlineState(url, "tests", "v1", 31)
     state.seed(pd.DataFrame())
     process.send_signal(signal.SIGSTOP)  # up, but answering nothing
@@ -569,12 +569,16 @@ def test_a_hanging_redis_holds_one_request_then_refuses_at_once_for_a_second():
                 state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1))
         assert state.stats()["customer_rows"] == 0  # the last read, at once
         assert time.monotonic() - started < 0.1 < first
+        time.sleep(BREAK_SECONDS + 0.1)  # half-open: a scrape is not the one to try
+        started = time.monotonic()
+        assert state.stats()["customer_rows"] == 0
+        assert time.monotonic() - started < 0.1
     finally:
         process.send_signal(signal.SIGCONT)
     time.sleep(1.1)
     assert state.append(["c1"], ["t1"], np.array([DAY]), np.ones(1)) == 0  # back
-    process.terminate()
-    process.wait(10)
+    assert state.stats()["customer_rows"] == 1  # read again once the breaker closed
+    state.close()
 
 
 def test_a_request_after_redis_restarted_with_its_data_is_answered():
