@@ -89,6 +89,8 @@ __all__ = [
 log = logging.getLogger("fraudops.serving")
 
 R = TypeVar("R")
+_Step = tuple[Sequence[str], Sequence[str], Sequence[str], Sequence[str], np.ndarray, np.ndarray]
+"""A request's customers, terminals, customer and terminal ids, times and amounts."""
 
 ROW = np.dtype([("time", ">u8"), ("value", "<f8"), ("id", "S8")])
 """One row as stored: 24 bytes."""
@@ -509,9 +511,7 @@ class RedisOnlineState:
         return result
 
     def history_for(self, customer_ids: Sequence[str], terminal_ids: Sequence[str]) -> History:
-        p = self.prefix
-        keys = [self._seeded, *(p + "c:" + c for c in customer_ids)]
-        keys += [p + "t:" + t for t in terminal_ids]
+        keys = [self._seeded, *self._entity_keys(customer_ids, terminal_ids)]
         values = self._sync_call(lambda: self.redis.mget(keys))
         if values[0] is None:
             raise failure_of(ResponseError("NOTSEEDED"), self.url)
@@ -565,10 +565,7 @@ class RedisOnlineState:
         terminals = _rows(time_ms, labels, ids).tobytes()
         args = [self.retention_ms, self.slack_ms, self.sweep_per_append, n, self.prefix]
         args += [customers, terminals]
-        p = self.prefix
-        keys = [*self._meta, self._guard]
-        keys += [p + "c:" + c for c in customer_ids]
-        keys += [p + "t:" + t for t in terminal_ids]
+        keys = [*self._meta, self._guard, *self._entity_keys(customer_ids, terminal_ids)]
         self._stats_read = -1.0  # the sizes change: read them again
         return keys, args
 
@@ -601,7 +598,7 @@ class RedisOnlineState:
         try:
             if not 0 < len(customer_ids) <= self.chunk:
                 return await self._in_chunks(step, transaction_ids, score)
-            keys, args, reads = self._step(*step, transaction_ids)
+            keys, args, reads = self._step(step, transaction_ids)
             commands, in_script = self._read_and_append(keys, args, reads)
             replies = await self._exchange(commands)
         except RedisError as e:
@@ -625,9 +622,7 @@ class RedisOnlineState:
 
     async def _in_chunks(
         self,
-        step: tuple[
-            Sequence[str], Sequence[str], Sequence[str], Sequence[str], np.ndarray, np.ndarray
-        ],
+        step: _Step,
         transaction_ids: Sequence[str] | None,
         score: Callable[[History], R],
     ) -> tuple[R, int]:
@@ -635,9 +630,7 @@ class RedisOnlineState:
         history read, scored, then its transactions added :data:`CHUNK` at a time, each a
         script of a few milliseconds (as :meth:`append`)."""
         customers, terminals, customer_ids, terminal_ids, time_ms, amount = step
-        p = self.prefix
-        reads = [self._seeded, *(p + "c:" + c for c in customers)]
-        reads += [p + "t:" + t for t in terminals]
+        reads = [self._seeded, *self._entity_keys(customers, terminals)]
         ((seeded, *values),) = await self._exchange([("MGET", *reads)])
         if seeded is None:
             raise failure_of(ResponseError("NOTSEEDED"), self.url)
@@ -660,23 +653,20 @@ class RedisOnlineState:
         return result, repeated
 
     def _step(
-        self,
-        customers: Sequence[str],
-        terminals: Sequence[str],
-        customer_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        time_ms: np.ndarray,
-        amount: np.ndarray,
-        transaction_ids: Sequence[str] | None,
+        self, step: _Step, transaction_ids: Sequence[str] | None
     ) -> tuple[list[str], list[Any], list[str]]:
-        """The append script's keys and arguments, and the entity keys it reads first."""
+        """The append script's keys and arguments, and the entity keys it reads first
+        (``step``: :meth:`score_and_add_async`'s first six arguments)."""
+        customers, terminals, customer_ids, terminal_ids, time_ms, amount = step
         keys, args = self._append_call(
             customer_ids, terminal_ids, time_ms, amount, None, transaction_ids
         )
+        return keys, args, self._entity_keys(customers, terminals)
+
+    def _entity_keys(self, customers: Sequence[str], terminals: Sequence[str]) -> list[str]:
+        """The keys of these customers' rows, then of these terminals'."""
         p = self.prefix
-        reads = [p + "c:" + c for c in customers]
-        reads += [p + "t:" + t for t in terminals]
-        return keys, args, reads
+        return [*(p + "c:" + c for c in customers), *(p + "t:" + t for t in terminals)]
 
     def _read_and_append(
         self, keys: list[str], args: list[Any], reads: list[str]
